@@ -1,0 +1,25 @@
+# Two entry points (see README): `make quickstart` and `make test`. Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ovseg_d2_setup_stamp
+SETUP_INPUTS := requirements.txt constraints.txt setup.py tools/setup_env.sh tools/install_detectron2.py
+
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup quickstart test clean-venv
+
+setup: $(STAMP)
+
+# Re-runs only when an input changes, so a warm `make setup` takes well under a second.
+$(STAMP): $(SETUP_INPUTS)
+	bash tools/setup_env.sh $(VENV)
+	touch $@
+
+quickstart: setup
+	$(PY) tools/train_net.py --config-file configs/quickstart/baseline_maskclip_tiny.yaml
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)

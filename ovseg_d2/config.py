@@ -1,0 +1,75 @@
+"""``add_ovseg_config(cfg)``: every config key that ovseg_d2 adds to detectron2's defaults.
+
+Each key carries a one-line comment. Keys shared by the methods (CLIP, DINOv2, text prompts,
+solver extras, evaluation) live here once; method-specific sections are added by the issue
+that adds the method, in this same function.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_ovseg_config"]
+
+# CLIP's normalisation on the 0-255 RGB scale (OpenAI CLIP; also what CAT-Seg feeds its ViT).
+CLIP_PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
+CLIP_PIXEL_STD = [68.5005327, 66.6321579, 70.3231630]
+
+
+def add_ovseg_config(cfg: CN) -> CN:
+    """Declare ovseg_d2's config keys on ``cfg`` (in place) and return it."""
+    _C = cfg
+    _C.MODEL.WEIGHTS_UNSAFE_PICKLE = False  # True lets MODEL.WEIGHTS unpickle arbitrary objects (trusted files only)
+
+    # ---- CLIP (open_clip), shared by the baseline, CAT-Seg, CLIPSelf and Talk2DINO's text side
+    _C.MODEL.CLIP = CN()
+    _C.MODEL.CLIP.MODEL_NAME = "ViT-B-16"  # open_clip model config name (or one shipped in ovseg_d2/modeling/backbone/clip_model_configs)
+    _C.MODEL.CLIP.PRETRAINED = "openai"  # open_clip pretrained tag, a local checkpoint path, or "" for random init
+    _C.MODEL.CLIP.FORCE_QUICK_GELU = True  # OpenAI-architecture weights need QuickGELU; open_clip's plain ViT configs use GELU
+    _C.MODEL.CLIP.DENSE_LAST_BLOCK = "value"  # last block in dense mode: value (MaskCLIP) | value_residual_cls (CAT-Seg) | value_residual (CLIPSelf)
+    _C.MODEL.CLIP.INTERMEDIATE_LAYERS = []  # 0-based indices of blocks whose residual-stream outputs are also returned
+    _C.MODEL.CLIP.VISION_TRAINABLE = "qv"  # image tower parameters to train: none | qv (query/value projections) | blocks (all transformer blocks)
+    _C.MODEL.CLIP.TEXT_TRAINABLE = "qv"  # text tower parameters to train: none | qv | blocks
+    _C.MODEL.CLIP.PIXEL_MEAN = list(CLIP_PIXEL_MEAN)  # per-channel RGB mean on the 0-255 scale
+    _C.MODEL.CLIP.PIXEL_STD = list(CLIP_PIXEL_STD)  # per-channel RGB std on the 0-255 scale
+
+    # ---- DINOv2 (timm), Talk2DINO's image backbone
+    _C.MODEL.DINOV2 = CN()
+    _C.MODEL.DINOV2.MODEL_NAME = "vit_base_patch14_reg4_dinov2.lvd142m"  # timm model name
+    _C.MODEL.DINOV2.PRETRAINED = "timm"  # "timm" (hub weights of MODEL_NAME), a local .pth/.safetensors (timm or official DINOv2 key layout), or "" for random init
+    _C.MODEL.DINOV2.IMAGE_SIZE = 448  # input size the position embeddings are built for (dynamic sizes are still accepted)
+
+    # ---- Text prompts and class embeddings, shared by every method
+    _C.MODEL.TEXT = CN()
+    _C.MODEL.TEXT.TEMPLATE_SET = "catseg"  # name of a prompt-template set in ovseg_d2/modeling/text/templates.py
+    _C.MODEL.TEXT.TEMPLATES = []  # explicit templates with one "{}"; overrides TEMPLATE_SET when non-empty
+    _C.MODEL.TEXT.SYNONYMS = "first"  # class names "a, b" / "a; b": first (use the first name) | mean (average the synonyms' embeddings)
+
+    # ---- MaskCLIP-style baseline: cosine cost volume, no aggregation
+    _C.MODEL.BASELINE = CN()
+    _C.MODEL.BASELINE.TEMPERATURE_INIT = 0.07  # initial softmax temperature applied to cosine similarities
+    _C.MODEL.BASELINE.LEARN_TEMPERATURE = True  # train the temperature (as a log-scale parameter)
+
+    # ---- Vocabulary
+    _C.MODEL.TRAIN_CLASS_NAMES_FROM = ""  # data set whose stuff_classes are the training vocabulary ("": DATASETS.TRAIN[0])
+    _C.MODEL.TEST_CLASS_NAMES_FROM = ""  # data set whose stuff_classes are the default test vocabulary ("": DATASETS.TEST[0])
+
+    # ---- Input pipeline
+    _C.INPUT.DATASET_MAPPER_NAME = "ovseg_semantic"  # semantic-segmentation mapper (ovseg_d2/data/mappers)
+    _C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # random crops retried while one class covers more than this fraction (1.0: plain crop)
+    _C.INPUT.COLOR_AUG_SSD = False  # SSD-style photometric augmentation during training
+    _C.INPUT.SIZE_DIVISIBILITY = -1  # pad training crops to this size (-1: the crop size when cropping is on)
+
+    # ---- Solver extras (detectron2's SOLVER keys are kept)
+    _C.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | ADAM | SGD
+    _C.SOLVER.BETAS = [0.9, 0.999]  # Adam(W) betas
+    _C.SOLVER.EPS = 1e-8  # Adam(W) epsilon
+    _C.SOLVER.LR_MULTIPLIERS = []  # [[regex, multiplier], ...]: first regex that matches a parameter's name scales its LR (e.g. [["clip\\.", 0.01]])
+    _C.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings (positional/class/token embeddings, padding tokens)
+    _C.SOLVER.AMP.DTYPE = "float16"  # autocast dtype when SOLVER.AMP.ENABLED: float16 (with loss scaling) | bfloat16
+    _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"  # value | norm (per parameter, detectron2) | full_model (one norm over all parameters)
+
+    # ---- Evaluation
+    _C.TEST.EVAL_BEFORE_TRAIN = False  # evaluate once before the first iteration and print a before/after table
+    _C.TEST.SAVE_PREDICTIONS = False  # write predicted label PNGs under OUTPUT_DIR/inference/<dataset>/
+
+    # ---- Checkpointing
+    _C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0  # keep at most this many periodic checkpoints (0: keep all)
+    return cfg
