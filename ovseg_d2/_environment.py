@@ -14,6 +14,7 @@ occurs; where the real thing works, each remedy does nothing:
 """
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import logging
 import sys
@@ -168,6 +169,7 @@ def remedy_detectron2_c(find_spec: Optional[Callable[[str], object]] = None) -> 
         return False
     placeholder = _Detectron2CPlaceholder("detectron2._C", "ovseg_d2 placeholder for detectron2's C extension")
     placeholder.__file__ = None  # type: ignore[assignment]
+    placeholder.__spec__ = importlib.machinery.ModuleSpec("detectron2._C", loader=None)
     sys.modules["detectron2._C"] = placeholder
     APPLIED.append("detectron2_c_placeholder")
     return True

@@ -1,0 +1,225 @@
+"""Dense features from an open_clip ViT: the CLIP part shared by the baseline, CAT-Seg and CLIPSelf.
+
+A CLIP ViT is trained to align only its CLS token with text. Open-vocabulary segmenters read
+per-token ("dense") features instead by running the last residual block without attention,
+through its value path. The three methods differ only in that last block
+(``MODEL.CLIP.DENSE_LAST_BLOCK``), with ``x`` the block input and
+``u = ls_1(out_proj(v_proj(ln_1(x))))``:
+
+* ``value`` (MaskCLIP): ``y = u``; no residual, no MLP.
+* ``value_residual_cls`` (CAT-Seg, REQUIRED for its released weights): ``y = x[CLS] + u``,
+  then ``y = y + ls_2(mlp(ln_2(y)))``.
+* ``value_residual`` (CLIPSelf): ``y = x + u``, then the MLP residual.
+
+``ln_post`` and the visual projection then apply to every token and the CLS row is dropped.
+Position embeddings are resized to the input's token grid on every forward (bicubic,
+``align_corners=False``, no antialias: what CAT-Seg's weights were trained with).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+
+from .clip_attention import TRAINABLE_CHOICES, select_tower_parameters, split_all_attention_
+from .open_clip_loading import build_open_clip_model
+
+__all__ = ["OpenCLIPBackbone", "resize_clip_position_embedding", "DENSE_LAST_BLOCK_MODES"]
+
+logger = logging.getLogger(__name__)
+
+DENSE_LAST_BLOCK_MODES = ("value", "value_residual_cls", "value_residual")
+
+
+def resize_clip_position_embedding(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a CLIP position table [1 + h0*w0, D] to [1 + h*w, D] for a ``grid`` = (h, w).
+
+    The CLS row is kept; the square h0 x w0 table is resampled bicubically
+    (``align_corners=False``, ``antialias=False``). Returned unchanged if already that size.
+    """
+    num_patches = pos_embed.shape[0] - 1
+    side = int(round(math.sqrt(num_patches)))
+    if side * side != num_patches:
+        raise ValueError(f"position table of {num_patches} patch rows is not a square grid")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    cls_row, table = pos_embed[:1], pos_embed[1:]
+    table = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    table = F.interpolate(table.float(), size=grid, mode="bicubic", align_corners=False, antialias=False)
+    table = table.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    return torch.cat([cls_row, table], dim=0)
+
+
+@BACKBONE_REGISTRY.register()
+class OpenCLIPBackbone(Backbone):
+    """An open_clip CLIP model (both towers) exposing dense image features and text encoding.
+
+    ``forward(images)`` takes CLIP-normalised images B x 3 x H x W (H, W multiples of the patch
+    size) and returns ``{"dense": B x C x h x w}`` (projected, not normalised; C = CLIP
+    embedding size) plus ``{"layer<i>": B x width x h x w}`` for each tapped block ``i``
+    (residual-stream output, no norm, CLS dropped).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        clip_model: nn.Module,
+        dense_last_block: str,
+        intermediate_layers: Sequence[int] = (),
+        vision_trainable: str = "none",
+        text_trainable: str = "none",
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ):
+        super().__init__()
+        if dense_last_block not in DENSE_LAST_BLOCK_MODES:
+            raise ValueError(f"MODEL.CLIP.DENSE_LAST_BLOCK={dense_last_block!r} is not one of {DENSE_LAST_BLOCK_MODES}")
+        self.clip = clip_model
+        self._check_supported(clip_model)
+        visual = clip_model.visual
+        self.num_blocks = len(visual.transformer.resblocks)
+        bad = [i for i in intermediate_layers if not 0 <= i < self.num_blocks - 1]
+        if bad:
+            raise ValueError(
+                f"MODEL.CLIP.INTERMEDIATE_LAYERS {bad} out of range: taps must index blocks 0..{self.num_blocks - 2} "
+                "(the last block runs in dense mode)"
+            )
+        self.dense_last_block = dense_last_block
+        self.intermediate_layers = tuple(sorted(intermediate_layers))
+        self.patch_size = tuple(visual.patch_size)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        split_all_attention_(clip_model)
+        self._set_trainable(vision_trainable, text_trainable)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape=None):
+        clip = build_open_clip_model(
+            cfg.MODEL.CLIP.MODEL_NAME, cfg.MODEL.CLIP.PRETRAINED, force_quick_gelu=cfg.MODEL.CLIP.FORCE_QUICK_GELU
+        )
+        return {
+            "clip_model": clip,
+            "dense_last_block": cfg.MODEL.CLIP.DENSE_LAST_BLOCK,
+            "intermediate_layers": list(cfg.MODEL.CLIP.INTERMEDIATE_LAYERS),
+            "vision_trainable": cfg.MODEL.CLIP.VISION_TRAINABLE,
+            "text_trainable": cfg.MODEL.CLIP.TEXT_TRAINABLE,
+            "pixel_mean": cfg.MODEL.CLIP.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.CLIP.PIXEL_STD,
+        }
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _check_supported(clip_model: nn.Module) -> None:
+        visual = getattr(clip_model, "visual", None)
+        needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
+        missing = [name for name in needed if not hasattr(visual, name)]
+        if missing or getattr(visual, "attn_pool", None) is not None:
+            raise NotImplementedError(
+                f"OpenCLIPBackbone needs an open_clip VisionTransformer with a CLS token and no attentional "
+                f"pooling (OpenAI/LAION ViT architectures); {type(visual).__name__} lacks {missing or ['-']} "
+                "or uses attentional pooling."
+            )
+
+    def text_blocks(self) -> nn.ModuleList:
+        """Residual blocks of the text tower (open_clip CLIP or CustomTextCLIP)."""
+        text = getattr(self.clip, "text", None)
+        return (text.transformer if text is not None else self.clip.transformer).resblocks
+
+    def _unused_in_dense_path(self) -> set[int]:
+        """ids of last-block parameters that the dense path never touches (kept frozen)."""
+        last = self.clip.visual.transformer.resblocks[-1]
+        unused = [last.attn.q_proj_weight, last.attn.k_proj_weight]
+        if self.dense_last_block == "value":
+            unused += list(last.ln_2.parameters()) + list(last.mlp.parameters()) + list(last.ls_2.parameters())
+        return {id(p) for p in unused}
+
+    def _set_trainable(self, vision_mode: str, text_mode: str) -> None:
+        for name, mode in (("VISION_TRAINABLE", vision_mode), ("TEXT_TRAINABLE", text_mode)):
+            if mode not in TRAINABLE_CHOICES:
+                raise ValueError(f"MODEL.CLIP.{name}={mode!r} is not one of {TRAINABLE_CHOICES}")
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        unused = self._unused_in_dense_path()
+        for p in select_tower_parameters(self.clip.visual.transformer.resblocks, vision_mode):
+            if id(p) not in unused:
+                p.requires_grad_(True)
+        for p in select_tower_parameters(self.text_blocks(), text_mode):
+            p.requires_grad_(True)
+        n = sum(p.numel() for p in self.clip.parameters() if p.requires_grad)
+        logger.info("CLIP trainable parameters: %.2f M (vision=%s, text=%s)", n / 1e6, vision_mode, text_mode)
+
+    # ------------------------------------------------------------------ image side
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB 0-255 images B x 3 x H x W -> CLIP-normalised float."""
+        return (images.float() - self.pixel_mean) / self.pixel_std
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        visual = self.clip.visual
+        width = visual.conv1.out_channels
+        shapes = {"dense": ShapeSpec(channels=visual.proj.shape[1], stride=self.patch_size[0])}
+        for i in self.intermediate_layers:
+            shapes[f"layer{i}"] = ShapeSpec(channels=width, stride=self.patch_size[0])
+        return shapes
+
+    def _tokens_to_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """B x (1 + h*w) x C (CLS first) -> B x C x h x w, CLS dropped."""
+        return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
+
+    def _dense_last_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The last residual block without attention; x: B x N x width (batch first)."""
+        attn = block.attn
+        dim = attn.embed_dim
+        bias = attn.in_proj_bias
+        value = F.linear(block.ln_1(x), attn.v_proj_weight, bias[2 * dim :] if bias is not None else None)
+        update = block.ls_1(attn.out_proj(value))
+        if self.dense_last_block == "value":
+            return update
+        residual = x[:, :1] if self.dense_last_block == "value_residual_cls" else x
+        y = residual + update
+        return y + block.ls_2(block.mlp(block.ln_2(y)))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        visual = self.clip.visual
+        ph, pw = self.patch_size
+        if images.shape[-2] % ph or images.shape[-1] % pw:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {self.patch_size}")
+        grid = (images.shape[-2] // ph, images.shape[-1] // pw)
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # B x width x h x w
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + resize_clip_position_embedding(visual.positional_embedding, grid).to(x.dtype)
+        x = visual.ln_pre(x)
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        blocks = visual.transformer.resblocks
+        outputs: dict[str, torch.Tensor] = {}
+        for i, block in enumerate(blocks[:-1]):
+            x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+            if i in self.intermediate_layers:
+                outputs[f"layer{i}"] = self._tokens_to_map(x, grid)
+        x = self._dense_last_block(blocks[-1], x)
+        x = visual.ln_post(x) @ visual.proj
+        outputs["dense"] = self._tokens_to_map(x, grid)
+        return outputs
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Global CLIP image embedding B x C of CLIP-normalised images (not normalised)."""
+        return self.clip.encode_image(images, normalize=False)
+
+    # ------------------------------------------------------------------ text side
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Text embeddings N x C (EOT token, ln_final, text_projection; not normalised)."""
+        return self.clip.encode_text(tokens, normalize=False)
+
+    def text_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that text embeddings depend on (for cache fingerprints)."""
+        visual_ids = {id(p) for p in self.clip.visual.parameters()}
+        return [p for p in self.clip.parameters() if id(p) not in visual_ids]

@@ -1,0 +1,35 @@
+"""Test-wide set-up: offline hubs, remedies before torchvision, a session-wide data root."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import ovseg_d2  # noqa: E402,F401  (remedies and registration before anything else)
+import pytest  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory):
+    """A DETECTRON2_DATASETS root shared by the tests that need the built-in data set."""
+    root = tmp_path_factory.mktemp("detectron2_datasets")
+    previous = os.environ.get("DETECTRON2_DATASETS")
+    os.environ["DETECTRON2_DATASETS"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("DETECTRON2_DATASETS", None)
+    else:
+        os.environ["DETECTRON2_DATASETS"] = previous
+
+
+def quickstart_cfg(config="configs/quickstart/baseline_maskclip_tiny.yaml", *opts):
+    """The quickstart config with overrides, not frozen."""
+    from detectron2.config import get_cfg
+
+    from ovseg_d2 import add_ovseg_config
+
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, config))
+    cfg.merge_from_list(list(opts))
+    return cfg
