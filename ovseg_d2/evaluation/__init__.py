@@ -1,0 +1,16 @@
+"""Evaluation for ovseg_d2: the open-vocabulary semantic-segmentation evaluator and its helpers."""
+from .sem_seg_evaluation import (
+    MIOU_DEFINITION,
+    OpenVocabSemSegEvaluator,
+    read_sem_seg_label,
+    semseg_metrics_from_confusion,
+    update_confusion_matrix,
+)
+
+__all__ = [
+    "MIOU_DEFINITION",
+    "OpenVocabSemSegEvaluator",
+    "read_sem_seg_label",
+    "semseg_metrics_from_confusion",
+    "update_confusion_matrix",
+]
