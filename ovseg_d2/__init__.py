@@ -9,6 +9,9 @@ _apply_environment_remedies()  # must run before anything imports torchvision
 
 from .config import add_ovseg_config  # noqa: E402
 from . import modeling  # noqa: E402,F401  (registers backbones, heads, meta-architectures)
+from .data import register_all as _register_all_datasets  # noqa: E402
+
+_register_all_datasets()  # data sets under $DETECTRON2_DATASETS (default ./datasets); no disk access
 
 __version__ = "0.1.0"
 __all__ = ["add_ovseg_config", "__version__"]
