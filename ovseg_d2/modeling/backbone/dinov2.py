@@ -95,9 +95,18 @@ def build_dinov2(
             **kwargs,
         )
     except Exception as e:
+        if "weights_only" in str(e):
+            hint = (
+                "The file pickles objects other than tensors, which torch.load(weights_only=True) "
+                "refuses because unpickling can run arbitrary code. If you trust it, re-save its "
+                "state dict alone (torch.save(state_dict)) or as .safetensors."
+            )
+        else:
+            hint = (
+                "The file must hold this architecture's weights, in timm's key layout or the "
+                "official DINOv2 one (recognised by its 'mask_token' entry)."
+            )
         raise RuntimeError(
-            f"Could not load DINOv2 weights from {path} into {model_name!r}: {type(e).__name__}: {e}\n"
-            f"The file must hold this architecture's weights, in timm's key layout or the official "
-            f"DINOv2 one (recognised by its 'mask_token' entry). A file that needs arbitrary "
-            f"unpickling is refused; re-save it as a plain state dict or as .safetensors."
+            f"Could not load DINOv2 weights from {path} into {model_name!r}: "
+            f"{type(e).__name__}: {e}\n{hint}"
         ) from e

@@ -1,0 +1,5 @@
+"""Training: the mixed-precision trainer step and ``OvsegTrainer`` (detectron2 DefaultTrainer)."""
+from .amp import AutocastTrainer, build_trainer_step
+from .trainer import OvsegTrainer, format_before_after
+
+__all__ = ["AutocastTrainer", "build_trainer_step", "OvsegTrainer", "format_before_after"]

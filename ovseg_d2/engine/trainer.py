@@ -1,0 +1,155 @@
+"""``OvsegTrainer``: detectron2's ``DefaultTrainer`` with ovseg_d2's parts plugged in.
+
+What differs from ``DefaultTrainer``:
+* data: the ``INPUT.DATASET_MAPPER_NAME`` mapper for training and testing;
+* evaluator chosen from the data set's metadata (``evaluator_type``);
+* optimizer with per-parameter-group LR multipliers, no weight decay on norms, biases and
+  embeddings, and full-model gradient clipping (``ovseg_d2.solver``);
+* optional autocast (fp16 with loss scaling, or bf16) on any device (``ovseg_d2.engine.amp``);
+* atomic checkpoints loaded with ``weights_only=True`` (``ovseg_d2.checkpoint``);
+* per-data-set test vocabularies (each test set is evaluated with its own class names);
+* ``TEST.EVAL_BEFORE_TRAIN``: evaluate before the first iteration and print a before/after table.
+Distributed training, ``--resume`` and ``--eval-only`` behave as in detectron2.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import OrderedDict
+from typing import Mapping, Optional
+
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
+
+from ..checkpoint import OvsegCheckpointer, build_periodic_checkpointer_hook
+from ..data.mappers import build_sem_seg_mapper
+from ..evaluation import OpenVocabSemSegEvaluator
+from ..modeling.vocabulary import class_names_of
+from ..solver import build_optimizer
+from .amp import build_trainer_step
+
+__all__ = ["OvsegTrainer", "format_before_after", "SEM_SEG_EVALUATOR_TYPES"]
+
+logger = logging.getLogger(__name__)
+
+#: metadata ``evaluator_type`` values evaluated with OpenVocabSemSegEvaluator
+SEM_SEG_EVALUATOR_TYPES = ("ovseg_sem_seg", "sem_seg")
+#: metrics shown in the before/after table
+SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _per_dataset(results: Mapping, dataset_names) -> dict[str, dict]:
+    """detectron2 returns one data set's results unnested; nest them by data set name."""
+    if len(dataset_names) == 1 and dataset_names[0] not in results:
+        return {dataset_names[0]: dict(results)}
+    return {name: dict(results.get(name, {})) for name in dataset_names}
+
+
+def format_before_after(before: Mapping, after: Mapping, dataset_names) -> str:
+    """A table of the summary metrics of each test set before and after training."""
+    before, after = _per_dataset(before, dataset_names), _per_dataset(after, dataset_names)
+    rows = []
+    for name in dataset_names:
+        b = before[name].get("sem_seg", {})
+        a = after[name].get("sem_seg", {})
+        for metric in SUMMARY_METRICS:
+            if metric in a or metric in b:
+                vb, va = b.get(metric, float("nan")), a.get(metric, float("nan"))
+                rows.append([name, metric, f"{vb:.2f}", f"{va:.2f}", f"{va - vb:+.2f}"])
+    return tabulate(rows, headers=["data set", "metric", "before", "after", "gain"], tablefmt="pipe")
+
+
+class OvsegTrainer(DefaultTrainer):
+    """DefaultTrainer with ovseg_d2's data, evaluation, optimizer, AMP and checkpointing."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = build_trainer_step(cfg, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = OvsegCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            weights_only=not cfg.MODEL.WEIGHTS_UNSAFE_PICKLE,
+            trainer=weakref.proxy(self),
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        periodic = build_periodic_checkpointer_hook(self.cfg, self.checkpointer)
+        return [periodic if isinstance(h, hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_sem_seg_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_sem_seg_mapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
+        if evaluator_type in SEM_SEG_EVALUATOR_TYPES:
+            return OpenVocabSemSegEvaluator(
+                dataset_name,
+                distributed=True,
+                output_dir=output_folder or f"{cfg.OUTPUT_DIR}/inference/{dataset_name}",
+                save_predictions=cfg.TEST.SAVE_PREDICTIONS,
+            )
+        raise NotImplementedError(
+            f"no evaluator for data set {dataset_name!r} with evaluator_type={evaluator_type!r}; "
+            f"ovseg_d2 evaluates {SEM_SEG_EVALUATOR_TYPES}"
+        )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate on every ``DATASETS.TEST`` set, each with its own class names."""
+        results = OrderedDict()
+        core = _unwrap(model)
+        previous = list(getattr(core, "test_class_names", []))
+        try:
+            for index, name in enumerate(cfg.DATASETS.TEST):
+                if hasattr(core, "set_test_vocabulary"):
+                    core.set_test_vocabulary(class_names_of(name))
+                single = cfg.clone()
+                single.defrost()
+                single.DATASETS.TEST = (name,)
+                chosen = None if evaluators is None else [evaluators[index]]
+                results[name] = super(OvsegTrainer, cls).test(single, model, chosen)
+        finally:
+            if hasattr(core, "set_test_vocabulary"):
+                core.set_test_vocabulary(previous)
+        return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
+
+    def train(self):
+        before: Optional[Mapping] = None
+        if self.cfg.TEST.EVAL_BEFORE_TRAIN and self.start_iter == 0 and len(self.cfg.DATASETS.TEST):
+            logger.info("TEST.EVAL_BEFORE_TRAIN: evaluating the untrained model")
+            before = self.test(self.cfg, self.model)
+        results = super().train()
+        if before is not None and results and comm.is_main_process():
+            table = format_before_after(before, results, list(self.cfg.DATASETS.TEST))
+            logger.info("Before/after training:\n%s", table)
+            print("\nEvaluation before and after training:\n" + table + "\n", flush=True)
+        return results

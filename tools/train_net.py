@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Train or evaluate any ovseg_d2 meta-architecture with detectron2's launcher.
+
+    python tools/train_net.py --config-file configs/quickstart/baseline_maskclip_tiny.yaml
+    python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model.pth
+    python tools/train_net.py --config-file CONFIG --num-gpus 8 [--resume]
+
+Multi-GPU and multi-machine runs come from detectron2's ``launch`` (torch.distributed).
+A fresh run refuses an OUTPUT_DIR that already holds checkpoints, so nothing is overwritten
+by accident: pass --resume to continue it or --overwrite to replace it.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import ovseg_d2  # noqa: E402,F401  (environment remedies and registration first)
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from ovseg_d2 import add_ovseg_config  # noqa: E402
+from ovseg_d2.checkpoint import OvsegCheckpointer  # noqa: E402
+from ovseg_d2.engine import OvsegTrainer  # noqa: E402
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ovseg_d2")
+    return cfg
+
+
+def check_output_dir(cfg, args) -> None:
+    """Refuse to start a fresh run over existing checkpoints (nothing a user made is overwritten)."""
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if not args.resume and not args.overwrite and os.path.exists(last):
+        raise SystemExit(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} already holds checkpoints ({last}). Pass --resume to continue "
+            "that run, --overwrite to start over and replace them, or choose another OUTPUT_DIR."
+        )
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = OvsegTrainer.build_model(cfg)
+        OvsegCheckpointer(model, save_dir=cfg.OUTPUT_DIR, weights_only=not cfg.MODEL.WEIGHTS_UNSAFE_PICKLE).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return OvsegTrainer.test(cfg, model)
+    check_output_dir(cfg, args)
+    trainer = OvsegTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def build_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--overwrite", action="store_true", help="start a fresh run even if OUTPUT_DIR has checkpoints")
+    return parser
+
+
+if __name__ == "__main__":
+    args = build_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
