@@ -91,6 +91,23 @@ class OvsegTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def state_dict(self):
+        """Iteration, hook states and the step's state (optimizer, grad scaler).
+
+        detectron2 v0.6's DefaultTrainer leaves out the inner trainer, so ``--resume`` would
+        restart Adam's moments from zero; upstream detectron2 saves it under ``_trainer``.
+        """
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("checkpoint has no optimizer state (written by another trainer): optimizer starts fresh")
+
     def build_hooks(self):
         periodic = build_periodic_checkpointer_hook(self.cfg, self.checkpointer)
         return [periodic if isinstance(h, hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
@@ -147,7 +164,9 @@ class OvsegTrainer(DefaultTrainer):
         if self.cfg.TEST.EVAL_BEFORE_TRAIN and self.start_iter == 0 and len(self.cfg.DATASETS.TEST):
             logger.info("TEST.EVAL_BEFORE_TRAIN: evaluating the untrained model")
             before = self.test(self.cfg, self.model)
-        results = super().train()
+        super().train()
+        # DefaultTrainer.train only returns results when TEST.EXPECTED_RESULTS is set.
+        results = getattr(self, "_last_eval_results", None)
         if before is not None and results and comm.is_main_process():
             table = format_before_after(before, results, list(self.cfg.DATASETS.TEST))
             logger.info("Before/after training:\n%s", table)
