@@ -15,8 +15,12 @@ $(STAMP): $(SETUP_INPUTS)
 	bash tools/setup_env.sh $(VENV)
 	touch $@
 
+# Each run writes to a fresh, time-stamped OUTPUT_DIR: an earlier run's checkpoints are never touched.
+QUICKSTART_CONFIG ?= configs/quickstart/baseline_maskclip_tiny.yaml
+QUICKSTART_OUT ?= output/quickstart/$(basename $(notdir $(QUICKSTART_CONFIG)))/$(shell date +%Y%m%d-%H%M%S)
+
 quickstart: setup
-	$(PY) tools/train_net.py --config-file configs/quickstart/baseline_maskclip_tiny.yaml
+	$(PY) tools/train_net.py --config-file $(QUICKSTART_CONFIG) OUTPUT_DIR $(QUICKSTART_OUT)
 
 test: setup
 	$(PY) -m pytest -q tests
