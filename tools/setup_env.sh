@@ -71,4 +71,4 @@ if [ "$AFTER" != "$TORCH_VERSION" ]; then
   echo "[setup] ERROR: torch changed from $TORCH_VERSION to $AFTER during setup" >&2
   exit 1
 fi
-log "done: torch $AFTER, $("$PY" -c 'import torchvision, detectron2; print("torchvision", torchvision.__version__.split("+")[0], "| detectron2", detectron2.__version__)' 2>/dev/null || echo 'see ovseg_d2 remedies')"
+log "done: $("$PY" -c 'import ovseg_d2, torch, torchvision, detectron2; print("torch", torch.__version__, "| torchvision", torchvision.__version__, "| detectron2", detectron2.__version__, "| remedies applied:", ovseg_d2._environment.APPLIED)')"
