@@ -98,3 +98,16 @@ def test_train_net_cli_trains_evaluates_and_protects_outputs(registered, tmp_pat
     evaluated = _run_train_net(*common, "--eval-only", *opts, "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), env_root=registered)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "copypaste: mIoU,fwIoU,mACC,pACC" in evaluated.stderr + evaluated.stdout
+
+
+def test_before_after_table_for_one_and_several_datasets():
+    from ovseg_d2.engine import format_before_after
+
+    one = format_before_after({"sem_seg": {"mIoU": 0.577}}, {"sem_seg": {"mIoU": 95.136}}, ["a"])
+    assert "| a          | mIoU     |     0.58 |   95.14 | +94.56 |" in one
+    many = format_before_after(
+        {"a": {"sem_seg": {"mIoU": 10.0}}, "b": {"sem_seg": {"pACC": 50.0}}},
+        {"a": {"sem_seg": {"mIoU": 5.0}}, "b": {"sem_seg": {"pACC": 75.5}}},
+        ["a", "b"],
+    )
+    assert "-5.00" in many and "+25.50" in many

@@ -63,7 +63,7 @@ def format_before_after(before: Mapping, after: Mapping, dataset_names) -> str:
             if metric in a or metric in b:
                 vb, va = b.get(metric, float("nan")), a.get(metric, float("nan"))
                 rows.append([name, metric, f"{vb:.2f}", f"{va:.2f}", f"{va - vb:+.2f}"])
-    return tabulate(rows, headers=["data set", "metric", "before", "after", "gain"], tablefmt="pipe")
+    return tabulate(rows, headers=["data set", "metric", "before", "after", "gain"], tablefmt="pipe", disable_numparse=True, colalign=("left", "left", "right", "right", "right"))
 
 
 class OvsegTrainer(DefaultTrainer):
