@@ -50,6 +50,7 @@ def add_ovseg_config(cfg: CN) -> CN:
     # ---- Vocabulary
     _C.MODEL.TRAIN_CLASS_NAMES_FROM = ""  # data set whose stuff_classes are the training vocabulary ("": DATASETS.TRAIN[0])
     _C.MODEL.TEST_CLASS_NAMES_FROM = ""  # data set whose stuff_classes are the default test vocabulary ("": DATASETS.TEST[0])
+    _C.MODEL.BACKGROUND_THRESHOLD = 0.5  # on background-by-threshold sets (V21, C60, COCO-Object) a pixel is background unless a class scores above this
 
     # ---- Input pipeline
     _C.INPUT.DATASET_MAPPER_NAME = "ovseg_semantic"  # semantic-segmentation mapper (ovseg_d2/data/mappers)

@@ -132,3 +132,25 @@ def test_loss_is_cross_entropy_over_valid_pixels_only():
         count += 1
     assert count < label.numel()  # the inputs do hold ignore pixels
     assert abs(loss.item() - total / count) < 1e-4
+
+
+def test_background_by_threshold_channel():
+    from ovseg_d2.modeling.background import add_background_channel
+
+    scores = torch.tensor([[[0.2, 0.9]], [[0.7, 0.1]]])  # 2 classes, 1 x 2 pixels
+    with_bg = add_background_channel(scores, 0.6)
+    assert with_bg.shape == (3, 1, 2)
+    assert with_bg.argmax(0).tolist() == [[2, 1]]  # pixel 0: class 1 (0.7) > 0.6; pixel 1: class 0 (0.9)
+    assert add_background_channel(scores, 0.95).argmax(0).tolist() == [[0, 0]]
+
+    model = build_baseline().eval()
+    batch = inputs(1, with_labels=False)
+    model.set_test_vocabulary(["background"] + NAMES[:2], background_by_threshold=True)
+    model.background_threshold = 0.4
+    with torch.no_grad():
+        out = model(batch)[0]["sem_seg"]
+        model.set_test_vocabulary(NAMES[:2])
+        plain = model(batch)[0]["sem_seg"]
+    assert out.shape == (3, 50, 70)
+    assert torch.all(out[0] == 0.4)
+    torch.testing.assert_close(out[1:], plain)

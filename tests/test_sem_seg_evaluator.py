@@ -222,6 +222,23 @@ def test_prediction_to_eval_class_mapping(tmp_path, register, source):
         OpenVocabSemSegEvaluator(name, distributed=False, prediction_to_eval_class=[0, 1, 2, 3])
 
 
+def test_vocabulary_with_stand_ins_reports_evaluation_classes(tmp_path, register):
+    """PAS-20b style: the vocabulary (stuff_classes) has stand-ins mapped onto the label classes."""
+    rng = np.random.default_rng(3)
+    gts = [rng.integers(0, 3, size=(10, 11)) for _ in range(2)]
+    preds = [rng.integers(0, 5, size=(10, 11)) for _ in range(2)]
+    name, inputs = make_dataset(
+        tmp_path, register, gts, 3, IGNORE_8BIT, np.uint8,
+        stuff_classes=["cat", "dog", "wall", "sky", "grass"],
+        evaluation_classes=["cat", "dog", "background"],
+        prediction_to_eval_class=[0, 1, 2, 2, 2],
+    )
+    res = run_evaluator(OpenVocabSemSegEvaluator(name, distributed=False), inputs, preds, num_channels=5)
+    ref = reference_metrics([np.asarray([0, 1, 2, 2, 2])[p] for p in preds], gts, 3, IGNORE_8BIT)
+    assert_matches_reference(res, ref, ["cat", "dog", "background"])
+    assert "IoU-background" in res and "IoU-sky" not in res
+
+
 def test_invalid_ground_truth_value_raises(tmp_path, register):
     gt = np.array([[0, 1, 7], [IGNORE_8BIT, 2, 9]])
     name, inputs = make_dataset(tmp_path, register, [gt], 5, IGNORE_8BIT, np.uint8)

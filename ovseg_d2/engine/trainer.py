@@ -145,10 +145,12 @@ class OvsegTrainer(DefaultTrainer):
         results = OrderedDict()
         core = _unwrap(model)
         previous = list(getattr(core, "test_class_names", []))
+        previous_background = bool(getattr(core, "test_background_by_threshold", False))
         try:
             for index, name in enumerate(cfg.DATASETS.TEST):
                 if hasattr(core, "set_test_vocabulary"):
-                    core.set_test_vocabulary(class_names_of(name))
+                    background = bool(getattr(MetadataCatalog.get(name), "background_by_threshold", False))
+                    core.set_test_vocabulary(class_names_of(name), background_by_threshold=background)
                 single = cfg.clone()
                 single.defrost()
                 single.DATASETS.TEST = (name,)
@@ -156,7 +158,7 @@ class OvsegTrainer(DefaultTrainer):
                 results[name] = super(OvsegTrainer, cls).test(single, model, chosen)
         finally:
             if hasattr(core, "set_test_vocabulary"):
-                core.set_test_vocabulary(previous)
+                core.set_test_vocabulary(previous, background_by_threshold=previous_background)
         return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
 
     def train(self):

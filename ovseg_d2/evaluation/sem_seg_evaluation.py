@@ -255,7 +255,8 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
     runs on the device the model returned its scores on; predicted class ids can be mapped to
     evaluation ids (``prediction_to_eval_class``, e.g. PAS-20b's background stand-ins).
 
-    Reads from ``MetadataCatalog.get(dataset_name)``: ``stuff_classes`` (N names),
+    Reads from ``MetadataCatalog.get(dataset_name)``: ``evaluation_classes`` (N names the labels
+    use, when they differ from the vocabulary) or else ``stuff_classes`` (N names),
     ``ignore_label``, optionally ``prediction_to_eval_class``, ``background_by_threshold``,
     ``class_names_file``, ``image_root`` and ``sem_seg_root``.
     """
@@ -294,7 +295,9 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
         self._cpu_device = torch.device("cpu")
         meta = MetadataCatalog.get(dataset_name)
 
-        class_names = meta.get("stuff_classes", None)
+        # The classes the labels use. Usually the model's vocabulary (stuff_classes); a set whose
+        # vocabulary holds stand-ins that are mapped (PAS-20b) lists its label classes separately.
+        class_names = meta.get("evaluation_classes", None) or meta.get("stuff_classes", None)
         if class_names is None:
             if num_classes is None:
                 raise ValueError(

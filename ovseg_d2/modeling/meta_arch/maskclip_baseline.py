@@ -19,6 +19,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 
+from ..background import add_background_channel, split_background_vocabulary
 from ..backbone.clip_vit import OpenCLIPBackbone
 from ..text import PromptTextEncoder, average_templates, resolve_templates
 from ..vocabulary import class_names_of, default_vocabulary_sources
@@ -61,6 +62,7 @@ class MaskCLIPBaseline(nn.Module):
         learn_temperature: bool,
         ignore_value: int,
         input_format: str,
+        background_threshold: float = 0.5,
     ):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
@@ -74,6 +76,8 @@ class MaskCLIPBaseline(nn.Module):
         )
         self.ignore_value = ignore_value
         self.input_format = input_format
+        self.background_threshold = background_threshold
+        self.test_background_by_threshold = False
 
     @classmethod
     def from_config(cls, cfg):
@@ -95,15 +99,21 @@ class MaskCLIPBaseline(nn.Module):
             "learn_temperature": cfg.MODEL.BASELINE.LEARN_TEMPERATURE,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "input_format": cfg.INPUT.FORMAT,
+            "background_threshold": cfg.MODEL.BACKGROUND_THRESHOLD,
         }
 
     @property
     def device(self) -> torch.device:
         return self.log_inverse_temperature.device
 
-    def set_test_vocabulary(self, class_names: Sequence[str]) -> None:
-        """Vocabulary used at inference when an input carries none."""
+    def set_test_vocabulary(self, class_names: Sequence[str], *, background_by_threshold: bool = False) -> None:
+        """Vocabulary used at inference when an input carries none.
+
+        With ``background_by_threshold`` the first name is "background": it is not text-encoded
+        but scored by ``MODEL.BACKGROUND_THRESHOLD`` (see ``modeling/background.py``).
+        """
         self.test_class_names = list(class_names)
+        self.test_background_by_threshold = background_by_threshold
 
     def class_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         """T x C unit class embeddings (prompt-ensembled)."""
@@ -131,13 +141,21 @@ class MaskCLIPBaseline(nn.Module):
         # Inputs may bring their own vocabularies: run each distinct vocabulary once.
         groups: dict[tuple, list[int]] = {}
         for index, x in enumerate(batched_inputs):
-            groups.setdefault(tuple(x.get("vocabulary") or self.test_class_names), []).append(index)
-        for vocabulary, indices in groups.items():
+            if x.get("vocabulary"):
+                key = (tuple(x["vocabulary"]), False)
+            else:
+                key = (tuple(self.test_class_names), self.test_background_by_threshold)
+            groups.setdefault(key, []).append(index)
+        for (vocabulary, background_by_threshold), indices in groups.items():
             if not vocabulary:
                 raise ValueError("no test vocabulary: set DATASETS.TEST, call set_test_vocabulary or pass 'vocabulary'")
-            logits = self.predict_logits(images.tensor[indices], list(vocabulary))
+            encoded = split_background_vocabulary(vocabulary, background_by_threshold)
+            logits = self.predict_logits(images.tensor[indices], encoded)
             logits = F.interpolate(logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
             outputs = resize_to_outputs(logits, [images.image_sizes[i] for i in indices], [batched_inputs[i] for i in indices])
             for index, output in zip(indices, outputs):
-                results[index] = {"sem_seg": output.softmax(dim=0)}
+                probabilities = output.softmax(dim=0)
+                if background_by_threshold:
+                    probabilities = add_background_channel(probabilities, self.background_threshold)
+                results[index] = {"sem_seg": probabilities}
         return results  # type: ignore[return-value]
