@@ -15,25 +15,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ovseg_d2  # noqa: E402,F401  (environment remedies and registration first)
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
-from ovseg_d2 import add_ovseg_config  # noqa: E402
 from ovseg_d2.checkpoint import OvsegCheckpointer  # noqa: E402
-from ovseg_d2.engine import OvsegTrainer  # noqa: E402
-
-
-def setup(args):
-    cfg = get_cfg()
-    add_ovseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ovseg_d2")
-    return cfg
+from ovseg_d2.engine import OvsegTrainer, setup_cfg  # noqa: E402
 
 
 def check_output_dir(cfg, args) -> None:
@@ -47,7 +32,7 @@ def check_output_dir(cfg, args) -> None:
 
 
 def main(args):
-    cfg = setup(args)
+    cfg = setup_cfg(args)
     if args.eval_only:
         model = OvsegTrainer.build_model(cfg)
         OvsegCheckpointer(model, save_dir=cfg.OUTPUT_DIR, weights_only=not cfg.MODEL.WEIGHTS_UNSAFE_PICKLE).resume_or_load(

@@ -509,6 +509,7 @@ def register_builtin_shapes() -> None:
             evaluator_type="ovseg_sem_seg",
             prepare_hint=PREPARE_HINT,
             ensure_ready=functools.partial(generate_shapes_dataset, root, split),
+            class_names_file=f"{CLASS_NAMES_FILE}.json",
         )
 
 
