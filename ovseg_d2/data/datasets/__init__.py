@@ -39,5 +39,7 @@ def __getattr__(name: str):
 def register_all() -> None:
     """Register every data set ovseg_d2 knows (idempotent; no disk access)."""
     from .builtin_shapes import register_builtin_shapes
+    from .coco import register_coco
 
     register_builtin_shapes()
+    register_coco()
