@@ -40,6 +40,10 @@ def register_all() -> None:
     """Register every data set ovseg_d2 knows (idempotent; no disk access)."""
     from .builtin_shapes import register_builtin_shapes
     from .coco import register_coco
+    from .pascal_context import register_pascal_context
+    from .pascal_voc import register_pascal_voc
 
     register_builtin_shapes()
     register_coco()
+    register_pascal_voc()
+    register_pascal_context()

@@ -8,7 +8,11 @@ all data sets share the same behaviour:
 * a missing or incomplete data set fails at first use with a :class:`FileNotFoundError` that
   names the expected folders, ``$DETECTRON2_DATASETS`` and how to prepare the data, instead of a
   stack trace from deep inside a loader;
-* image sizes are read from file headers (no pixel decoding), so listing is cheap.
+* image sizes are read from file headers (no pixel decoding), so listing is cheap;
+* the set is either every image of the image folder (``list_by="images"``, the default: each
+  image needs a label) or every label file of the label folder (``list_by="labels"``: each label
+  needs an image). The second serves benchmarks whose image folder is a whole release shared by
+  several splits, e.g. ``VOCdevkit/VOC2012/JPEGImages`` (17k images, 1,449 labelled for val).
 
 A dataset dict produced by the loader looks like::
 
@@ -38,6 +42,10 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _EXIF_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 #: How many missing label paths an error message lists before summarising the rest.
 _MAX_LISTED_MISSING = 5
+#: ``list_by`` values: which folder decides the set (the other must hold a partner per file).
+LIST_BY_IMAGES = "images"
+LIST_BY_LABELS = "labels"
+_LIST_BY_CHOICES = (LIST_BY_IMAGES, LIST_BY_LABELS)
 
 
 def datasets_root() -> Path:
@@ -49,15 +57,27 @@ def datasets_root() -> Path:
 
 
 def _missing_data_error(
-    name: str, problem: str, image_root: str, gt_root: str, image_ext: str, gt_ext: str, prepare_hint: str
+    name: str,
+    problem: str,
+    image_root: str,
+    gt_root: str,
+    image_ext: str,
+    gt_ext: str,
+    prepare_hint: str,
+    list_by: str = LIST_BY_IMAGES,
 ) -> FileNotFoundError:
     """The one error every loader raises when data is absent: what, where, and how to fix it."""
     env_value = os.environ.get(DATASETS_ROOT_ENV)
     env_text = f"{DATASETS_ROOT_ENV}={env_value}" if env_value else f"{DATASETS_ROOT_ENV} is unset, so ./{DEFAULT_DATASETS_ROOT} is used"
+    pairing = (
+        "one per image, same file stem"
+        if list_by == LIST_BY_IMAGES
+        else "they define the set; each needs an image with the same file stem"
+    )
     return FileNotFoundError(
         f"Data set '{name}' is not ready: {problem}\n"
         f"  expected images: {image_root}/*{image_ext}\n"
-        f"  expected labels: {gt_root}/*{gt_ext} (one per image, same file stem)\n"
+        f"  expected labels: {gt_root}/*{gt_ext} ({pairing})\n"
         f"  data sets are looked up under $DETECTRON2_DATASETS ({env_text})\n"
         f"  to prepare it: {prepare_hint}"
     )
@@ -93,33 +113,50 @@ def load_sem_seg_dicts(
     image_ext: str,
     gt_ext: str,
     prepare_hint: str,
+    list_by: str = LIST_BY_IMAGES,
 ) -> list[dict[str, Any]]:
     """List a data set's images and their label files as detectron2 dataset dicts.
 
     Images are matched to labels by file stem (``<image_root>/x<image_ext>`` with
-    ``<gt_root>/x<gt_ext>``); the list is sorted by stem.
+    ``<gt_root>/x<gt_ext>``); the list is sorted by stem. ``list_by="images"`` takes every image
+    of ``image_root``; ``list_by="labels"`` takes every label file of ``gt_root`` (for image
+    folders shared by several splits).
 
     Raises:
-        FileNotFoundError: a folder is missing, it holds no image, or an image has no label.
+        FileNotFoundError: a folder is missing, the listing folder holds no file, or a listed
+            file has no partner (an image without label, or a label without image).
     """
+    if list_by not in _LIST_BY_CHOICES:
+        raise ValueError(f"list_by must be one of {_LIST_BY_CHOICES}, got {list_by!r}")
 
     def fail(problem: str) -> FileNotFoundError:
-        return _missing_data_error(name, problem, image_root, gt_root, image_ext, gt_ext, prepare_hint)
+        return _missing_data_error(name, problem, image_root, gt_root, image_ext, gt_ext, prepare_hint, list_by)
 
     image_dir, gt_dir = Path(image_root), Path(gt_root)
     for folder, what in ((image_dir, "image"), (gt_dir, "label")):
         if not folder.is_dir():
             raise fail(f"the {what} folder {folder} does not exist.")
-    images = _list_files(image_dir, image_ext)
-    if not images:
-        raise fail(f"no '*{image_ext}' file in {image_dir}.")
 
-    label_paths = [gt_dir / (image.name[: -len(image_ext)] + gt_ext) for image in images]
-    missing = [str(p) for p in label_paths if not p.is_file()]
+    if list_by == LIST_BY_IMAGES:
+        listed_dir, listed_ext, partner_dir, partner_ext = image_dir, image_ext, gt_dir, gt_ext
+        listed_what, partner_what = "images", "label file"
+    else:
+        listed_dir, listed_ext, partner_dir, partner_ext = gt_dir, gt_ext, image_dir, image_ext
+        listed_what, partner_what = "label files", "image"
+    listed = _list_files(listed_dir, listed_ext)
+    if not listed:
+        raise fail(f"no '*{listed_ext}' file in {listed_dir}.")
+    stems = [path.name[: -len(listed_ext)] for path in listed]
+    partners = [partner_dir / (stem + partner_ext) for stem in stems]
+    missing = [str(p) for p in partners if not p.is_file()]
     if missing:
-        listed = ", ".join(missing[:_MAX_LISTED_MISSING])
+        shown = ", ".join(missing[:_MAX_LISTED_MISSING])
         more = f" and {len(missing) - _MAX_LISTED_MISSING} more" if len(missing) > _MAX_LISTED_MISSING else ""
-        raise fail(f"{len(missing)} of {len(images)} images have no label file: {listed}{more}.")
+        raise fail(f"{len(missing)} of {len(listed)} {listed_what} have no {partner_what}: {shown}{more}.")
+    if list_by == LIST_BY_IMAGES:
+        images, label_paths = listed, partners
+    else:
+        images, label_paths = partners, listed
 
     dataset_dicts = []
     for image_path, label_path in zip(images, label_paths):
@@ -161,6 +198,7 @@ def register_sem_seg_dataset(
     prepare_hint: str,
     background_by_threshold: bool = False,
     ensure_ready: Optional[Callable[[], None]] = None,
+    list_by: str = LIST_BY_IMAGES,
     **extra_metadata: Any,
 ) -> None:
     """Register ``name`` in detectron2's ``DatasetCatalog`` and fill its ``MetadataCatalog`` entry.
@@ -180,6 +218,8 @@ def register_sem_seg_dataset(
         background_by_threshold: background is predicted by a score threshold, not by a text
             prompt (Talk2DINO's V21/C60/Object protocol).
         ensure_ready: called once per load before listing files.
+        list_by: ``"images"`` (every image of ``image_root`` has a label) or ``"labels"`` (every
+            label file of ``gt_root`` has an image; ``image_root`` may hold more images).
         extra_metadata: further ``MetadataCatalog`` attributes.
 
     Registering a name again with the same metadata is a no-op (safe on re-import / repeated
@@ -188,6 +228,8 @@ def register_sem_seg_dataset(
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
+    if list_by not in _LIST_BY_CHOICES:
+        raise ValueError(f"list_by must be one of {_LIST_BY_CHOICES}, got {list_by!r}")
     image_root, gt_root = str(image_root), str(gt_root)
     metadata = dict(
         stuff_classes=list(class_names),
@@ -220,6 +262,7 @@ def register_sem_seg_dataset(
             image_ext=image_ext,
             gt_ext=gt_ext,
             prepare_hint=prepare_hint,
+            list_by=list_by,
         ),
     )
     MetadataCatalog.get(name).set(**metadata)
