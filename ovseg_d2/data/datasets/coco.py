@@ -31,14 +31,13 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Callable
 
 from ..class_names import load_class_names
 from ..prepare.coco_category_ids import IGNORE_LABEL, STUFF_171_IDS
 from .coco_captions import load_coco_captions
 from .coco_images import load_coco_image_list
 from .coco_panoptic import PANOPTIC_CLASS_NAMES_FILE, load_coco_panoptic_regions, panoptic_class_is_thing
-from .register_sem_seg import datasets_root, register_sem_seg_dataset
+from .register_sem_seg import datasets_root, register_lazy_dataset, register_sem_seg_dataset
 
 __all__ = [
     "register_coco",
@@ -95,22 +94,6 @@ PANOPTIC_HINT = (
 
 
 # ---------------------------------------------------------------- lazy registration of non-sem-seg sets
-def _register_lazy(name: str, load: Callable[[], list], metadata: dict[str, Any]) -> None:
-    """Register ``load`` under ``name`` with ``metadata``; same rules as :func:`register_sem_seg_dataset`."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    if name in DatasetCatalog.list():
-        existing = MetadataCatalog.get(name).as_dict()
-        differing = sorted(k for k, v in metadata.items() if existing.get(k, object()) != v)
-        if not differing:
-            return
-        logger.warning("Re-registering data set '%s' with changed metadata: %s", name, ", ".join(differing))
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(**metadata)
-
-
 # ---------------------------------------------------------------- the registrars
 def _register_coco_stuff(root: Path) -> None:
     class_names = load_class_names(COCO_STUFF_CLASS_NAMES_FILE)
@@ -151,7 +134,7 @@ def _register_captions(root: Path) -> None:
         image_root = str(root / COCO_DIRNAME / split)
         json_file = str(root / COCO_DIRNAME / "annotations" / f"captions_{split}.json")
         hint = CAPTIONS_HINT.format(split=split)
-        _register_lazy(
+        register_lazy_dataset(
             name,
             functools.partial(load_coco_captions, name, image_root=image_root, json_file=json_file, prepare_hint=hint),
             dict(image_root=image_root, json_file=json_file, evaluator_type="captions", prepare_hint=hint),
@@ -161,7 +144,7 @@ def _register_captions(root: Path) -> None:
 def _register_train_images(root: Path) -> None:
     image_root = str(root / COCO_DIRNAME / "train2017")
     json_file = str(root / COCO_DIRNAME / "annotations" / "instances_train2017.json")
-    _register_lazy(
+    register_lazy_dataset(
         COCO_TRAIN_IMAGES_NAME,
         functools.partial(
             load_coco_image_list,
@@ -182,7 +165,7 @@ def _register_panoptic_regions(root: Path) -> None:
     panoptic_root = str(root / COCO_DIRNAME / "panoptic_val2017")
     panoptic_json = str(root / COCO_DIRNAME / "annotations" / "panoptic_val2017.json")
     class_names = load_class_names(PANOPTIC_CLASS_NAMES_FILE)
-    _register_lazy(
+    register_lazy_dataset(
         COCO_PANOPTIC_REGIONS_NAME,
         functools.partial(
             load_coco_panoptic_regions,

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 
 from PIL import Image
 
-__all__ = ["datasets_root", "register_sem_seg_dataset", "load_sem_seg_dicts", "DATASETS_ROOT_ENV"]
+__all__ = ["datasets_root", "register_sem_seg_dataset", "register_lazy_dataset", "load_sem_seg_dicts", "DATASETS_ROOT_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,6 @@ def register_sem_seg_dataset(
     ``register_all()``); with different metadata (e.g. ``$DETECTRON2_DATASETS`` changed) the old
     entry is replaced and a warning is logged.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     if list_by not in _LIST_BY_CHOICES:
         raise ValueError(f"list_by must be one of {_LIST_BY_CHOICES}, got {list_by!r}")
@@ -243,6 +242,28 @@ def register_sem_seg_dataset(
         prepare_hint=prepare_hint,
         **extra_metadata,
     )
+    loader = _make_loader(
+        name,
+        ensure_ready,
+        image_root=image_root,
+        gt_root=gt_root,
+        image_ext=image_ext,
+        gt_ext=gt_ext,
+        prepare_hint=prepare_hint,
+        list_by=list_by,
+    )
+    register_lazy_dataset(name, loader, metadata)
+
+
+def register_lazy_dataset(name: str, load: Callable[[], list], metadata: dict[str, Any]) -> None:
+    """Register ``load`` (called only at first use) under ``name`` with ``metadata``.
+
+    Registering a name again with the same metadata is a no-op (safe on re-import / repeated
+    ``register_all()``); with different metadata (e.g. ``$DETECTRON2_DATASETS`` changed) the old
+    entry is replaced and a warning is logged. Every registrar goes through here.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
     if name in DatasetCatalog.list():
         existing = MetadataCatalog.get(name).as_dict()
         differing = sorted(k for k, v in metadata.items() if existing.get(k, object()) != v)
@@ -251,18 +272,5 @@ def register_sem_seg_dataset(
         logger.warning("Re-registering data set '%s' with changed metadata: %s", name, ", ".join(differing))
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-
-    DatasetCatalog.register(
-        name,
-        _make_loader(
-            name,
-            ensure_ready,
-            image_root=image_root,
-            gt_root=gt_root,
-            image_ext=image_ext,
-            gt_ext=gt_ext,
-            prepare_hint=prepare_hint,
-            list_by=list_by,
-        ),
-    )
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(**metadata)
