@@ -74,7 +74,7 @@ def test_inference_outputs_match_manual_pipeline():
     batch = inputs(1, size=(64, 80), with_labels=False)
     with torch.no_grad():
         out = model(batch)[0]["sem_seg"]
-        image = model.clip.normalize(batch[0]["image"])[None]
+        image = model.backbone.normalize(batch[0]["image"])[None]
         dense = model.clip(image)["dense"]
         text = model.class_embeddings(NAMES)
         logits = cosine_cost_volume(dense, text) / 0.07
@@ -110,9 +110,9 @@ def test_gradients_reach_exactly_the_trainable_parameters():
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert with_grad == trainable
-    expected = {"log_inverse_temperature", "clip.clip.visual.transformer.resblocks.3.attn.v_proj_weight"}
-    expected |= {f"clip.clip.visual.transformer.resblocks.{i}.attn.{w}_proj_weight" for i in range(3) for w in "qv"}
-    expected |= {f"clip.clip.transformer.resblocks.{i}.attn.{w}_proj_weight" for i in range(2) for w in "qv"}
+    expected = {"log_inverse_temperature", "backbone.clip.visual.transformer.resblocks.3.attn.v_proj_weight"}
+    expected |= {f"backbone.clip.visual.transformer.resblocks.{i}.attn.{w}_proj_weight" for i in range(3) for w in "qv"}
+    expected |= {f"backbone.clip.transformer.resblocks.{i}.attn.{w}_proj_weight" for i in range(2) for w in "qv"}
     assert trainable == expected
     assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
 
@@ -122,7 +122,7 @@ def test_loss_is_cross_entropy_over_valid_pixels_only():
     batch = inputs(1)
     loss = model(batch)["loss_sem_seg"]
     label = batch[0]["sem_seg"]
-    logits = model.predict_logits(model.clip.normalize(batch[0]["image"])[None], NAMES)
+    logits = model.predict_logits(model.backbone.normalize(batch[0]["image"])[None], NAMES)
     logits = torch.nn.functional.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False)[0]
     log_probs = logits.log_softmax(0)
     valid = label != 255

@@ -67,7 +67,7 @@ class MaskCLIPBaseline(nn.Module):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={input_format!r}: CLIP models need RGB or BGR input")
-        self.clip = clip
+        self.backbone = clip
         self.text_encoder = text_encoder
         self.train_class_names = list(train_class_names)
         self.test_class_names = list(test_class_names)
@@ -121,12 +121,12 @@ class MaskCLIPBaseline(nn.Module):
 
     def predict_logits(self, images: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
         """CLIP-normalised images B x 3 x H x W -> logits B x T x h x w at the token grid."""
-        dense = self.clip(images)["dense"]
+        dense = self.backbone(images)["dense"]
         cost = cosine_cost_volume(dense, self.class_embeddings(class_names))
         return cost * self.log_inverse_temperature.exp()
 
     def forward(self, batched_inputs: list[dict]):
-        images = batch_images(batched_inputs, self.clip, self.input_format, self.device)
+        images = batch_images(batched_inputs, self.backbone, self.input_format, self.device)
         if self.training:
             if not self.train_class_names:
                 raise ValueError("no training vocabulary: set DATASETS.TRAIN or MODEL.TRAIN_CLASS_NAMES_FROM")
