@@ -75,7 +75,7 @@ def test_inference_outputs_match_manual_pipeline():
     with torch.no_grad():
         out = model(batch)[0]["sem_seg"]
         image = model.backbone.normalize(batch[0]["image"])[None]
-        dense = model.clip(image)["dense"]
+        dense = model.backbone(image)["dense"]
         text = model.class_embeddings(NAMES)
         logits = cosine_cost_volume(dense, text) / 0.07
         full = torch.nn.functional.interpolate(logits, size=(64, 80), mode="bilinear", align_corners=False)
