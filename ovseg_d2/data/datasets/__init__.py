@@ -38,7 +38,9 @@ def __getattr__(name: str):
 
 def register_all() -> None:
     """Register every data set ovseg_d2 knows (idempotent; no disk access)."""
+    from .ade20k import register_ade20k
     from .builtin_shapes import register_builtin_shapes
+    from .cityscapes import register_cityscapes
     from .coco import register_coco
     from .pascal_context import register_pascal_context
     from .pascal_voc import register_pascal_voc
@@ -47,3 +49,5 @@ def register_all() -> None:
     register_coco()
     register_pascal_voc()
     register_pascal_context()
+    register_ade20k()
+    register_cityscapes()

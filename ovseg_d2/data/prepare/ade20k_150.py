@@ -80,7 +80,7 @@ def convert_label(raw: np.ndarray, path: Path) -> np.ndarray:
             f"{path}: values {bad[:10]} are not ADE20K-150 label values (0 other, 1..{NUM_CLASSES} classes). "
             "Re-download or re-extract this file."
         )
-    return np.where(raw == RAW_OTHER_VALUE, 0, raw - 1).astype(np.uint8)
+    return np.where(raw == RAW_OTHER_VALUE, ADE20K_150_IGNORE_LABEL, raw - 1).astype(np.uint8)
 
 
 def _convert_job(job: ConversionJob) -> None:
@@ -132,7 +132,7 @@ def prepare_split(root: Path, split: str, workers: Optional[int] = None) -> int:
         if not folder.is_dir():
             raise PreparationError(
                 f"ADE20K-150 {what} folder {folder} does not exist; {ADE20K_150_DOWNLOAD_HINT} "
-                "(or convert only the splits you have, with --splits)."
+                "(or pass --root, or convert only the splits you have with --splits)."
             )
     labels = _visible_files(raw_dir, ADE20K_150_LABEL_EXT)
     if not labels:

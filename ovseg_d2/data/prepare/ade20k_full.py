@@ -30,8 +30,8 @@ users run) so that files prepared here equal those prepared for CAT-Seg:
 * every image is re-encoded as JPEG with PIL's default quality (75), like the reference; grayscale,
   palette, CMYK and RGBA images become RGB (the alpha channel is dropped).
 
-A class value that the encoding cannot produce, an image whose size differs from its ``_seg.png``,
-or an unreadable file stops the run with the file's name.
+An unreadable file, a ``_seg.png`` that is not an 8-bit colour image, or an image whose size
+differs from its ``_seg.png`` stops the run with the file's name.
 
 Trust: ``index_ade20k.pkl`` is a Python pickle, and unpickling an untrusted file can run
 arbitrary code. It is loaded with a restricted unpickler that only builds plain containers,
@@ -176,7 +176,9 @@ def load_index(path: Path, *, trust_pickle: bool = False) -> tuple[list[str], li
     """
     path = Path(path)
     if not path.is_file():
-        raise PreparationError(f"the ADE20K index {path} does not exist; {ADE20K_FULL_DOWNLOAD_HINT}.")
+        raise PreparationError(
+            f"the ADE20K index {path} does not exist; {ADE20K_FULL_DOWNLOAD_HINT} (or pass --root)."
+        )
     try:
         with open(path, "rb") as handle:
             index = pickle.load(handle) if trust_pickle else _DataOnlyUnpickler(handle, path).load()
@@ -254,8 +256,9 @@ def _read_seg(path: Path) -> np.ndarray:
 
 def _convert_job(job: ConversionJob) -> None:
     """``run_jobs`` worker: (image, _seg.png) -> (JPEG, 16-bit TIFF label)."""
-    import cv2  # imported in the worker: only this converter needs OpenCV
+    import cv2  # imported here: only this converter needs OpenCV
 
+    cv2.setNumThreads(1)  # the process pool already uses every core
     (image_path, seg_path), (image_out, label_out) = job.inputs, job.outputs
     image = _read_rgb_as_stored(image_path)
     seg = _read_seg(seg_path)

@@ -162,7 +162,7 @@ def _list_raw_labels(root: Path, split: str) -> dict[str, list[Path]]:
         if not folder.is_dir():
             raise PreparationError(
                 f"Cityscapes {what} folder {folder} does not exist; {CITYSCAPES_DOWNLOAD_HINT} "
-                "(or convert only the splits you have, with --splits)."
+                "(or pass --root, or convert only the splits you have with --splits)."
             )
     cities = sorted(p.name for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not cities:
