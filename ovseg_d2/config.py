@@ -17,6 +17,7 @@ def add_ovseg_config(cfg: CN) -> CN:
     """Declare ovseg_d2's config keys on ``cfg`` (in place) and return it."""
     _C = cfg
     _C.MODEL.WEIGHTS_UNSAFE_PICKLE = False  # True lets MODEL.WEIGHTS unpickle arbitrary objects (trusted files only)
+    _C.MODEL.WEIGHTS_STRICT = True  # MODEL.WEIGHTS must match the model exactly (missing/unknown keys are an error); False: partial load
 
     # ---- CLIP (open_clip), shared by the baseline, CAT-Seg, CLIPSelf and Talk2DINO's text side
     _C.MODEL.CLIP = CN()
@@ -46,6 +47,28 @@ def add_ovseg_config(cfg: CN) -> CN:
     _C.MODEL.BASELINE = CN()
     _C.MODEL.BASELINE.TEMPERATURE_INIT = 0.07  # initial softmax temperature applied to cosine similarities
     _C.MODEL.BASELINE.LEARN_TEMPERATURE = True  # train the temperature (as a log-scale parameter)
+
+    # ---- CAT-Seg head (MODEL.SEM_SEG_HEAD.NAME = "CATSegHead"; defaults: the released ViT-B/16 and ViT-L/14 models)
+    _C.MODEL.CATSEG = CN()
+    _C.MODEL.CATSEG.HIDDEN_DIM = 128  # channels of the cost embedding inside the aggregator
+    _C.MODEL.CATSEG.NUM_LAYERS = 2  # aggregation layers (spatial Swin pair + class attention each)
+    _C.MODEL.CATSEG.NUM_HEADS = 4  # attention heads of the spatial and the class attention
+    _C.MODEL.CATSEG.WINDOW_SIZE = 12  # Swin window (tokens); the second block of a pair shifts by half of it
+    _C.MODEL.CATSEG.MLP_RATIO = 4.0  # hidden size of the Swin and class-attention MLPs, relative to HIDDEN_DIM
+    _C.MODEL.CATSEG.FEATURE_RESOLUTION = [24, 24]  # CLIP token grid (h, w) the shifted-window masks are built for
+    _C.MODEL.CATSEG.APPEARANCE_GUIDANCE_DIM = 0  # channels of the dense CLIP features (512 B, 768 L); 0: from the backbone's "dense" output
+    _C.MODEL.CATSEG.APPEARANCE_GUIDANCE_PROJ_DIM = 128  # appearance guidance after its Conv3x3 + ReLU
+    _C.MODEL.CATSEG.TEXT_GUIDANCE_DIM = 0  # size of the class embeddings (512 B, 768 L); 0: the backbone's "dense" channels
+    _C.MODEL.CATSEG.TEXT_GUIDANCE_PROJ_DIM = 128  # text guidance after its Linear + ReLU
+    _C.MODEL.CATSEG.INTERMEDIATE_DIM = 0  # width of the tapped CLIP blocks fed to upsample1/2 (768 B, 1024 L); 0: from the backbone
+    _C.MODEL.CATSEG.DECODER_GUIDANCE_DIMS = [256, 128]  # output channels of upsample1 (x2) and upsample2 (x4)
+    _C.MODEL.CATSEG.DECODER_GUIDANCE_PROJ_DIMS = [32, 16]  # decoder guidance after its Conv3x3 + ReLU, per stage
+    _C.MODEL.CATSEG.DECODER_DIMS = [64, 32]  # output channels of the two upsampling decoder stages
+    _C.MODEL.CATSEG.PROMPT_CHANNELS = 1  # prompts per class in the cost volume (input channels of the 7x7 conv)
+    _C.MODEL.CATSEG.POOLING_SIZES = [2, 2]  # class-attention average pooling (h, w) in training
+    _C.MODEL.CATSEG.TEST_POOLING_SIZES = [1, 1]  # class-attention pooling at evaluation ([1, 1] for the published numbers)
+    _C.MODEL.CATSEG.CLASS_TOKEN_BUDGET = 256  # classes in the class attention: fewer are padded with learned tokens, more pruned by max cost (0: neither)
+    _C.MODEL.CATSEG.PRUNED_LOGIT = -100.0  # logit of classes pruned by CLASS_TOKEN_BUDGET
 
     # ---- Vocabulary
     _C.MODEL.TRAIN_CLASS_NAMES_FROM = ""  # data set whose stuff_classes are the training vocabulary ("": DATASETS.TRAIN[0])

@@ -25,7 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from ovseg_d2.checkpoint import OvsegCheckpointer, atomic_write  # noqa: E402
+from ovseg_d2.checkpoint import atomic_write, build_checkpointer  # noqa: E402
 from ovseg_d2.engine import OvsegTrainer, setup_cfg  # noqa: E402
 from ovseg_d2.evaluation.sem_seg_evaluation import MIOU_DEFINITION  # noqa: E402
 from ovseg_d2.evaluation.suites import SUITE_AVERAGES, SUITES, EntryResult, format_csv, format_markdown, resolve_entries  # noqa: E402
@@ -55,7 +55,7 @@ def main(args):
     entries = resolve_entries(names)
     model = OvsegTrainer.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        OvsegCheckpointer(model, save_dir=cfg.OUTPUT_DIR, weights_only=not cfg.MODEL.WEIGHTS_UNSAFE_PICKLE).load(cfg.MODEL.WEIGHTS)
+        build_checkpointer(cfg, model, cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: evaluating the model as initialised by its config")
 

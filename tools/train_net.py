@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ovseg_d2  # noqa: E402,F401  (environment remedies and registration first)
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
-from ovseg_d2.checkpoint import OvsegCheckpointer  # noqa: E402
+from ovseg_d2.checkpoint import build_checkpointer  # noqa: E402
 from ovseg_d2.engine import OvsegTrainer, setup_cfg  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = OvsegTrainer.build_model(cfg)
-        OvsegCheckpointer(model, save_dir=cfg.OUTPUT_DIR, weights_only=not cfg.MODEL.WEIGHTS_UNSAFE_PICKLE).resume_or_load(
+        build_checkpointer(cfg, model, cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return OvsegTrainer.test(cfg, model)

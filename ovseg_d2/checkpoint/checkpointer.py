@@ -31,6 +31,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import hooks
 
+from .layouts import detect_layout
+
 __all__ = ["OvsegCheckpointer", "build_checkpointer", "build_periodic_checkpointer_hook", "atomic_write"]
 
 LAST_CHECKPOINT_FILE = "last_checkpoint"  # fvcore's name for the file naming the newest checkpoint
@@ -89,6 +91,9 @@ class OvsegCheckpointer(DetectionCheckpointer):
         weights_only: read torch files with ``torch.load(weights_only=True)`` (default). False
             allows arbitrary pickled objects: only for trusted files
             (``not cfg.MODEL.WEIGHTS_UNSAFE_PICKLE``).
+        strict: a model state that misses keys, has unknown keys or mismatched shapes is an
+            error listing them (default), instead of detectron2's silent partial load. Released
+            layouts (``layouts.py``) are recognised, logged and renamed first.
     """
 
     def __init__(
@@ -98,10 +103,12 @@ class OvsegCheckpointer(DetectionCheckpointer):
         *,
         save_to_disk: Optional[bool] = None,
         weights_only: bool = True,
+        strict: bool = True,
         **checkpointables: Any,
     ) -> None:
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.weights_only = weights_only
+        self.strict = strict
 
     # ------------------------------------------------------------------ saving
     def save(self, name: str, **kwargs: Any) -> None:
@@ -131,6 +138,41 @@ class OvsegCheckpointer(DetectionCheckpointer):
         )
 
     # ----------------------------------------------------------------- loading
+    def _load_model(self, checkpoint: Any):
+        state = checkpoint["model"]
+        layout = detect_layout(state)
+        if layout is not None:
+            self.logger.info(f"Recognised checkpoint layout '{layout.name}': {layout.description}")
+            checkpoint["model"] = state = layout.convert(state)
+            checkpoint["matching_heuristics"] = False
+        if self.strict and not checkpoint.get("__author__", "").startswith("Detectron"):
+            self._check_exact_match(state)
+        return super()._load_model(checkpoint)
+
+    def _check_exact_match(self, state: Dict[str, Any]) -> None:
+        """Raise if the checkpoint's model state does not cover the model exactly."""
+        expected = self.model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        mismatched = sorted(
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in set(state) & set(expected)
+            if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(expected[k].shape)
+        )
+        if missing or unexpected or mismatched:
+            def listing(title, items):
+                shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
+                return f"\n  {title} ({len(items)}):\n    {shown}" if items else ""
+
+            raise KeyError(
+                "checkpoint does not match the model (strict loading)"
+                + listing("missing in checkpoint", missing)
+                + listing("unknown to the model", unexpected)
+                + listing("shape mismatch", mismatched)
+                + "\n  Check that the config builds the architecture the file was trained with; to "
+                "load a partial checkpoint on purpose set MODEL.WEIGHTS_STRICT False."
+            )
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
         """Read a checkpoint file into ``{"model": state_dict, ...other entries}``."""
         if filename.endswith(_DETECTRON2_FORMATS):
@@ -167,7 +209,11 @@ def build_checkpointer(
 ) -> OvsegCheckpointer:
     """``OvsegCheckpointer`` whose unpickling policy follows ``cfg.MODEL.WEIGHTS_UNSAFE_PICKLE``."""
     return OvsegCheckpointer(
-        model, save_dir, weights_only=not cfg.MODEL.WEIGHTS_UNSAFE_PICKLE, **checkpointables
+        model,
+        save_dir,
+        weights_only=not cfg.MODEL.WEIGHTS_UNSAFE_PICKLE,
+        strict=cfg.MODEL.WEIGHTS_STRICT,
+        **checkpointables,
     )
 
 

@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
-from ..checkpoint import OvsegCheckpointer, build_periodic_checkpointer_hook
+from ..checkpoint import build_checkpointer, build_periodic_checkpointer_hook
 from ..data.mappers import build_sem_seg_mapper
 from ..evaluation import OpenVocabSemSegEvaluator
 from ..modeling.vocabulary import class_names_of
@@ -80,12 +80,7 @@ class OvsegTrainer(DefaultTrainer):
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = build_trainer_step(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = OvsegCheckpointer(
-            model,
-            cfg.OUTPUT_DIR,
-            weights_only=not cfg.MODEL.WEIGHTS_UNSAFE_PICKLE,
-            trainer=weakref.proxy(self),
-        )
+        self.checkpointer = build_checkpointer(cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
