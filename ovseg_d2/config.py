@@ -69,6 +69,15 @@ def add_ovseg_config(cfg: CN) -> CN:
     _C.MODEL.CATSEG.TEST_POOLING_SIZES = [1, 1]  # class-attention pooling at evaluation ([1, 1] for the published numbers)
     _C.MODEL.CATSEG.CLASS_TOKEN_BUDGET = 256  # classes in the class attention: fewer are padded with learned tokens, more pruned by max cost (0: neither)
     _C.MODEL.CATSEG.PRUNED_LOGIT = -100.0  # logit of classes pruned by CLASS_TOKEN_BUDGET
+    # CAT-Seg meta-architecture (input sizes, inference path, loss)
+    _C.MODEL.CATSEG.CLIP_INPUT_SIZE = 384  # square size every view is resized to before CLIP (384 ViT-B/16, 336 ViT-L/14@336)
+    _C.MODEL.CATSEG.SLIDING_WINDOW = True  # evaluation path: windows + global view (published numbers); False: whole image
+    _C.MODEL.CATSEG.SLIDING_RESIZE = 640  # the test image is resized to this square before cutting windows
+    _C.MODEL.CATSEG.WINDOW = 384  # sliding-window size (and the global view's size)
+    _C.MODEL.CATSEG.WINDOW_STRIDE = 256  # sliding-window stride (the reference's int(384 * (1 - 0.333)))
+    _C.MODEL.CATSEG.SIZE_DIVISIBILITY = 32  # whole-image path: pad the image to a multiple of this before squeezing it to the CLIP size
+    _C.MODEL.CATSEG.SCORE_CHUNK_CLASSES = 64  # classes upsampled/stitched at a time at evaluation (bounds memory at 847 classes)
+    _C.MODEL.CATSEG.MASK_IGNORE_IN_LOSS = True  # exclude ignore pixels from the BCE loss; False reproduces the reference (negatives everywhere)
 
     # ---- Vocabulary
     _C.MODEL.TRAIN_CLASS_NAMES_FROM = ""  # data set whose stuff_classes are the training vocabulary ("": DATASETS.TRAIN[0])
