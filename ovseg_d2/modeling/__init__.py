@@ -1,2 +1,2 @@
 """Models: backbones, text encoders, heads and meta-architectures (importing registers them)."""
-from . import backbone, meta_arch, text  # noqa: F401
+from . import backbone, heads, meta_arch, text  # noqa: F401
