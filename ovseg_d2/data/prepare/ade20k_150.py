@@ -37,15 +37,15 @@ from ..datasets.ade20k import (
     ade20k_150_paths,
 )
 from .common import (
+    add_splits_argument,
+    base_parser,
+    check_outputs_do_not_touch_inputs,
     ConversionJob,
     CorruptInputError,
     PreparationError,
-    base_parser,
-    check_outputs_do_not_touch_inputs,
-    default_root,
-    main_guard,
     read_label,
     run_jobs,
+    run_splits,
     save_label,
     verify_count,
 )
@@ -151,14 +151,5 @@ def prepare_split(root: Path, split: str, workers: Optional[int] = None) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point (``datasets/prepare_ade20k_150.py``); returns the exit status."""
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--splits", nargs="+", choices=ADE20K_150_SPLITS, default=list(ADE20K_150_SPLITS), help="splits to convert (default: both)"
-    )
-    args = parser.parse_args(argv)
-    root = args.root if args.root is not None else default_root()
-
-    def run() -> None:
-        for split in args.splits:
-            prepare_split(root, split, args.workers)
-
-    return main_guard(run)
+    add_splits_argument(parser, ADE20K_150_SPLITS)
+    return run_splits(parser.parse_args(argv), prepare_split)

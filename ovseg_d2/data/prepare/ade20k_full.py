@@ -65,14 +65,15 @@ from ..datasets.ade20k import (
 )
 from .ade20k_full_classes import ADE20K_847_CLASSES
 from .common import (
-    ConversionJob,
-    CorruptInputError,
-    PreparationError,
     _open_checked,
+    add_splits_argument,
     base_parser,
     check_outputs_do_not_touch_inputs,
-    default_root,
+    ConversionJob,
+    CorruptInputError,
     main_guard,
+    PreparationError,
+    resolve_root,
     run_jobs,
     save_image,
     save_label,
@@ -358,16 +359,14 @@ def prepare_split(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point (``datasets/prepare_ade20k_full.py``); returns the exit status."""
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--splits", nargs="+", choices=ADE20K_FULL_SPLITS, default=["validation"], help="splits to convert (default: validation)"
-    )
+    add_splits_argument(parser, ADE20K_FULL_SPLITS, default=["validation"])
     parser.add_argument(
         "--trust-index-pickle",
         action="store_true",
         help="load index_ade20k.pkl with plain pickle (only for a file you downloaded yourself from the official site)",
     )
     args = parser.parse_args(argv)
-    root = args.root if args.root is not None else default_root()
+    root = resolve_root(args)
 
     def run() -> None:
         index_path = Path(root) / ADE20K_FULL_DIRNAME / INDEX_FILENAME

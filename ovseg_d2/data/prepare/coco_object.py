@@ -49,14 +49,14 @@ import numpy as np
 from ..class_names import load_class_names
 from .coco_category_ids import BACKGROUND_LABEL, IGNORE_LABEL, stuffthingmap_to_object_lut, thing_id_to_object_label
 from .common import (
-    ConversionJob,
-    CorruptInputError,
-    PreparationError,
     atomic_save,
     base_parser,
     check_outputs_do_not_touch_inputs,
-    default_root,
+    ConversionJob,
+    CorruptInputError,
     main_guard,
+    PreparationError,
+    resolve_root,
     run_jobs,
     save_label,
     verify_count,
@@ -267,7 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "instances: coco/annotations/instances_val2017.json rasterised with pycocotools",
     )
     args = parser.parse_args(argv)
-    root = args.root if args.root is not None else default_root()
+    root = resolve_root(args)
 
     def run() -> None:
         if args.source == SOURCE_STUFFTHINGMAPS:

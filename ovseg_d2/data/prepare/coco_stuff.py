@@ -25,12 +25,12 @@ from typing import Optional, Sequence
 
 from .coco_category_ids import stuffthingmap_to_stuff_171_lut
 from .common import (
-    ConversionJob,
+    add_splits_argument,
     base_parser,
     check_outputs_do_not_touch_inputs,
-    default_root,
-    main_guard,
+    ConversionJob,
     run_jobs,
+    run_splits,
     verify_count,
 )
 from .stuffthingmaps import (
@@ -67,13 +67,7 @@ def prepare_split(root: Path, split: str, workers: Optional[int] = None) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point (``datasets/prepare_coco_stuff.py``); returns the exit status."""
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to convert (default: both)")
-    args = parser.parse_args(argv)
-    root = args.root if args.root is not None else default_root()
-
-    def run() -> None:
-        for split in args.splits:
-            prepare_split(root, split, args.workers)
-
-    return main_guard(run)
+    add_splits_argument(parser, SPLITS)
+    return run_splits(parser.parse_args(argv), prepare_split)

@@ -44,6 +44,9 @@ __all__ = [
     "default_root",
     "base_parser",
     "main_guard",
+    "add_splits_argument",
+    "resolve_root",
+    "run_splits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,6 +271,30 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, default=None, help="data root (default: $DETECTRON2_DATASETS or ./datasets)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     return parser
+
+
+def add_splits_argument(parser: argparse.ArgumentParser, splits: Sequence[str], default: Optional[Sequence[str]] = None) -> None:
+    """``--splits`` with the given choices (default: all of them)."""
+    default = list(default if default is not None else splits)
+    which = "all" if default == list(splits) else ", ".join(default)
+    parser.add_argument("--splits", nargs="+", choices=list(splits), default=default, help=f"splits to convert (default: {which})")
+
+
+def resolve_root(args: argparse.Namespace) -> Path:
+    """``--root`` or, when not given, ``$DETECTRON2_DATASETS`` / ./datasets."""
+    return args.root if args.root is not None else default_root()
+
+
+def run_splits(args: argparse.Namespace, prepare_split: Callable[..., int], **kwargs) -> int:
+    """Call ``prepare_split(root, split, workers=..., **kwargs)`` for every ``--splits`` entry,
+    under :func:`main_guard`; returns the exit status."""
+    root = resolve_root(args)
+
+    def run() -> None:
+        for split in args.splits:
+            prepare_split(root, split, workers=args.workers, **kwargs)
+
+    return main_guard(run)
 
 
 def main_guard(run: Callable[[], None]) -> int:

@@ -61,14 +61,14 @@ from ..datasets.pascal_context import (
     PC459_VAL_DIRNAME,
 )
 from .common import (
-    ConversionJob,
-    CorruptInputError,
-    PreparationError,
     base_parser,
     check_outputs_do_not_touch_inputs,
-    default_root,
+    ConversionJob,
+    CorruptInputError,
     main_guard,
+    PreparationError,
     read_rgb,
+    resolve_root,
     run_jobs,
     save_label,
     verify_count,
@@ -393,5 +393,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS),
                         help="label folders to write (default: all three)")
     args = parser.parse_args(argv)
-    root = args.root if args.root is not None else default_root()
+    root = resolve_root(args)
     return main_guard(lambda: prepare(root, args.benchmarks, args.workers))

@@ -49,16 +49,16 @@ from ..datasets.pascal_voc import (
     VOC_DIRNAME,
 )
 from .common import (
+    add_splits_argument,
+    base_parser,
+    check_outputs_do_not_touch_inputs,
     ConversionJob,
     CorruptInputError,
     PreparationError,
-    base_parser,
-    check_outputs_do_not_touch_inputs,
-    default_root,
-    main_guard,
     read_label,
     read_rgb,
     run_jobs,
+    run_splits,
     save_label,
     verify_count,
 )
@@ -209,7 +209,7 @@ def prepare_split(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: convert the requested splits; returns the exit status (0 ok, 1 error)."""
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to convert (default: both)")
+    add_splits_argument(parser, SPLITS)
     parser.add_argument(
         "--label-folder",
         default=DEFAULT_RAW_LABELS_DIRNAME,
@@ -217,10 +217,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "SegmentationClass gives the same val labels)",
     )
     args = parser.parse_args(argv)
-    root = args.root if args.root is not None else default_root()
-
-    def run() -> None:
-        for split in args.splits:
-            prepare_split(root, split, raw_labels_dirname=args.label_folder, workers=args.workers)
-
-    return main_guard(run)
+    return run_splits(args, prepare_split, raw_labels_dirname=args.label_folder)
