@@ -23,3 +23,33 @@ def default_vocabulary_sources(cfg) -> tuple[str, str]:
     train = cfg.MODEL.TRAIN_CLASS_NAMES_FROM or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else "")
     test = cfg.MODEL.TEST_CLASS_NAMES_FROM or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else train)
     return train, test
+
+
+class TestVocabularyMixin:
+    """``set_test_vocabulary`` and per-input vocabulary grouping, shared by the meta-architectures.
+
+    An input dict may carry its own ``vocabulary`` (a list of names); otherwise the test
+    vocabulary set by the trainer (per data set) or the predictor applies. With
+    ``background_by_threshold`` the first name is "background" and is scored by threshold.
+    """
+
+    test_class_names: list
+    test_background_by_threshold: bool = False
+
+    def set_test_vocabulary(self, class_names, *, background_by_threshold: bool = False) -> None:
+        """Vocabulary used at inference when an input carries none."""
+        self.test_class_names = list(class_names)
+        self.test_background_by_threshold = background_by_threshold
+
+    def group_by_vocabulary(self, batched_inputs: list[dict]) -> dict[tuple, list[int]]:
+        """{(vocabulary tuple, background_by_threshold): indices of the inputs using it}."""
+        groups: dict[tuple, list[int]] = {}
+        for index, x in enumerate(batched_inputs):
+            if x.get("vocabulary"):
+                key = (tuple(x["vocabulary"]), False)
+            else:
+                key = (tuple(self.test_class_names), self.test_background_by_threshold)
+            if not key[0]:
+                raise ValueError("no test vocabulary: set DATASETS.TEST, call set_test_vocabulary or pass 'vocabulary'")
+            groups.setdefault(key, []).append(index)
+        return groups

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,8 +29,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_sem_seg_head
 from ..background import add_background_channel, split_background_vocabulary
 from ..backbone.clip_vit import OpenCLIPBackbone
 from ..sliding_window import crop_windows, stitch_windows, window_boxes
-from ..text import PromptTextEncoder, resolve_templates
-from ..vocabulary import class_names_of, default_vocabulary_sources
+from ..text import PromptTextEncoder, build_prompt_text_encoder
+from ..vocabulary import TestVocabularyMixin, class_names_of, default_vocabulary_sources
 from .image_batching import batch_images, batch_labels
 
 __all__ = ["CATSeg", "binary_cross_entropy_loss"]
@@ -55,7 +54,7 @@ def binary_cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, ignore
 
 
 @META_ARCH_REGISTRY.register()
-class CATSeg(nn.Module):
+class CATSeg(TestVocabularyMixin, nn.Module):
     """CAT-Seg. Inputs and outputs follow detectron2's semantic segmentation convention:
     ``{"sem_seg": T x height x width}`` per image, probabilities (sigmoid scores)."""
 
@@ -105,13 +104,7 @@ class CATSeg(nn.Module):
     def from_config(cls, cfg):
         backbone = OpenCLIPBackbone(cfg)
         head = build_sem_seg_head(cfg, backbone.output_shape())
-        text_encoder = PromptTextEncoder(
-            encode_tokens=backbone.encode_text,
-            tokenizer=open_clip.get_tokenizer(cfg.MODEL.CLIP.MODEL_NAME),
-            templates=resolve_templates(cfg.MODEL.TEXT.TEMPLATE_SET, cfg.MODEL.TEXT.TEMPLATES),
-            synonym_rule=cfg.MODEL.TEXT.SYNONYMS,
-            parameters=backbone.text_parameters,
-        )
+        text_encoder = build_prompt_text_encoder(cfg, backbone)
         train_set, test_set = default_vocabulary_sources(cfg)
         c = cfg.MODEL.CATSEG
         return {
@@ -137,11 +130,6 @@ class CATSeg(nn.Module):
     def device(self) -> torch.device:
         return self.backbone.pixel_mean.device
 
-    def set_test_vocabulary(self, class_names: Sequence[str], *, background_by_threshold: bool = False) -> None:
-        """Vocabulary used at inference when an input carries none (see the baseline's docs)."""
-        self.test_class_names = list(class_names)
-        self.test_background_by_threshold = background_by_threshold
-
     # ------------------------------------------------------------------ core
     def class_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         """T x P x C unit class embeddings (one row per prompt template)."""
@@ -161,13 +149,7 @@ class CATSeg(nn.Module):
         if self.training:
             return self.losses(batched_inputs)
         results: list[Optional[dict]] = [None] * len(batched_inputs)
-        groups: dict[tuple, list[int]] = {}
-        for index, x in enumerate(batched_inputs):
-            key = (tuple(x["vocabulary"]), False) if x.get("vocabulary") else (tuple(self.test_class_names), self.test_background_by_threshold)
-            groups.setdefault(key, []).append(index)
-        for (vocabulary, background_by_threshold), indices in groups.items():
-            if not vocabulary:
-                raise ValueError("no test vocabulary: set DATASETS.TEST, call set_test_vocabulary or pass 'vocabulary'")
+        for (vocabulary, background_by_threshold), indices in self.group_by_vocabulary(batched_inputs).items():
             text = self.class_embeddings(split_background_vocabulary(vocabulary, background_by_threshold))
             inputs = [batched_inputs[i] for i in indices]
             scores = self.sliding_inference(inputs, text) if self.sliding_window else self.whole_inference(inputs, text)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,8 +20,8 @@ from detectron2.structures import ImageList
 
 from ..background import add_background_channel, split_background_vocabulary
 from ..backbone.clip_vit import OpenCLIPBackbone
-from ..text import PromptTextEncoder, average_templates, resolve_templates
-from ..vocabulary import class_names_of, default_vocabulary_sources
+from ..text import PromptTextEncoder, average_templates, build_prompt_text_encoder
+from ..vocabulary import TestVocabularyMixin, class_names_of, default_vocabulary_sources
 from .image_batching import batch_images, batch_labels, resize_to_outputs
 
 __all__ = ["MaskCLIPBaseline", "cosine_cost_volume"]
@@ -41,7 +40,7 @@ def cosine_cost_volume(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 
 
 @META_ARCH_REGISTRY.register()
-class MaskCLIPBaseline(nn.Module):
+class MaskCLIPBaseline(TestVocabularyMixin, nn.Module):
     """Cosine cost volume between CLIP dense features and class embeddings, upsampled.
 
     Inputs follow detectron2: a list of dicts with ``image`` (uint8 3 x H x W in
@@ -83,16 +82,9 @@ class MaskCLIPBaseline(nn.Module):
     def from_config(cls, cfg):
         clip = OpenCLIPBackbone(cfg)
         train_set, test_set = default_vocabulary_sources(cfg)
-        text_encoder = PromptTextEncoder(
-            encode_tokens=clip.encode_text,
-            tokenizer=open_clip.get_tokenizer(cfg.MODEL.CLIP.MODEL_NAME),
-            templates=resolve_templates(cfg.MODEL.TEXT.TEMPLATE_SET, cfg.MODEL.TEXT.TEMPLATES),
-            synonym_rule=cfg.MODEL.TEXT.SYNONYMS,
-            parameters=clip.text_parameters,
-        )
         return {
             "clip": clip,
-            "text_encoder": text_encoder,
+            "text_encoder": build_prompt_text_encoder(cfg, clip),
             "train_class_names": class_names_of(train_set) if train_set else [],
             "test_class_names": class_names_of(test_set) if test_set else [],
             "temperature_init": cfg.MODEL.BASELINE.TEMPERATURE_INIT,
@@ -105,15 +97,6 @@ class MaskCLIPBaseline(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.log_inverse_temperature.device
-
-    def set_test_vocabulary(self, class_names: Sequence[str], *, background_by_threshold: bool = False) -> None:
-        """Vocabulary used at inference when an input carries none.
-
-        With ``background_by_threshold`` the first name is "background": it is not text-encoded
-        but scored by ``MODEL.BACKGROUND_THRESHOLD`` (see ``modeling/background.py``).
-        """
-        self.test_class_names = list(class_names)
-        self.test_background_by_threshold = background_by_threshold
 
     def class_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         """T x C unit class embeddings (prompt-ensembled)."""
@@ -139,16 +122,7 @@ class MaskCLIPBaseline(nn.Module):
     def inference(self, batched_inputs: list[dict], images: ImageList) -> list[dict]:
         results: list[Optional[dict]] = [None] * len(batched_inputs)
         # Inputs may bring their own vocabularies: run each distinct vocabulary once.
-        groups: dict[tuple, list[int]] = {}
-        for index, x in enumerate(batched_inputs):
-            if x.get("vocabulary"):
-                key = (tuple(x["vocabulary"]), False)
-            else:
-                key = (tuple(self.test_class_names), self.test_background_by_threshold)
-            groups.setdefault(key, []).append(index)
-        for (vocabulary, background_by_threshold), indices in groups.items():
-            if not vocabulary:
-                raise ValueError("no test vocabulary: set DATASETS.TEST, call set_test_vocabulary or pass 'vocabulary'")
+        for (vocabulary, background_by_threshold), indices in self.group_by_vocabulary(batched_inputs).items():
             encoded = split_background_vocabulary(vocabulary, background_by_threshold)
             logits = self.predict_logits(images.tensor[indices], encoded)
             logits = F.interpolate(logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,10 +1,12 @@
 """Text side shared by every method: templates, class-name parsing, encoder and cache."""
+from .build import build_prompt_text_encoder
 from .cache import TextEmbeddingCache, parameter_version_fingerprint
 from .class_names import check_vocabulary, split_synonyms
 from .templates import TEMPLATE_SETS, resolve_templates
 from .text_encoder import PromptTextEncoder, average_templates
 
 __all__ = [
+    "build_prompt_text_encoder",
     "TextEmbeddingCache",
     "parameter_version_fingerprint",
     "check_vocabulary",
