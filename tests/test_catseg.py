@@ -153,3 +153,47 @@ def test_evaluation_never_reuses_stale_text_embeddings(shapes_root):
         after = model(x)[0]["sem_seg"]
     assert model.text_encoder.encoder_calls == 3  # 1 eval + 1 training (no cache) + 1 fresh eval
     assert not torch.allclose(first, after)
+
+
+def test_convert_checkpoint_tool(tmp_path, shapes_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", os.path.join(os.path.dirname(__file__), "..", "tools", "convert_checkpoint.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    generator = torch.Generator().manual_seed(1)
+    released = {key: torch.randn(shape, generator=generator) for key, shape in anchor_rows("catseg_vitb16_384_state_dict.tsv")}
+    source, target = tmp_path / "released.pth", tmp_path / "converted.pth"
+    torch.save({"model": released}, source)
+    before = source.read_bytes()
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "catseg_vitb_384.yaml")
+    assert tool.main(["--config-file", config, "--input", str(source), "--output", str(target)]) == 0
+    assert source.read_bytes() == before  # the input is never modified
+    converted = torch.load(target, weights_only=True)["model"]
+    assert torch.equal(converted["sem_seg_head.transformer.head.weight"], released["sem_seg_head.predictor.transformer.head.weight"])
+    assert torch.equal(converted["backbone.clip.visual.proj"], released["sem_seg_head.predictor.clip_model.visual.proj"])
+    assert torch.equal(converted["sem_seg_head.upsample2.weight"], released["upsample2.weight"])
+    assert tool.main(["--config-file", config, "--input", str(source), "--output", str(target)]) == 1  # never overwrites
+
+
+@pytest.mark.parametrize("config", ["configs/catseg_vitb_384.yaml", "configs/catseg_vitl_336.yaml"])
+def test_recipe_configs_train_a_few_iterations_on_cpu(config, tmp_path, shapes_root):
+    """The real architectures (random weights) train on CPU with tiny overrides."""
+    from ovseg_d2.engine import OvsegTrainer
+
+    cfg = quickstart_cfg(
+        config, "MODEL.DEVICE", "cpu", "MODEL.CLIP.PRETRAINED", "",
+        "DATASETS.TRAIN", "('ovseg_shapes_train_sem_seg',)", "DATASETS.TEST", "()",
+        "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1000",
+        "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path),
+    )
+    trainer = OvsegTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    before = trainer.model.sem_seg_head.transformer.head.weight.detach().clone()
+    trainer.train()
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
+    assert not torch.equal(before, trainer.model.sem_seg_head.transformer.head.weight)
+    groups = trainer.optimizer.param_groups
+    clip_lrs = {g["lr_multiplier"] for g in groups if any(n.startswith("backbone.") for n in g["param_names"])}
+    assert clip_lrs == {0.01}  # CLIP x0.01, as the recipe
