@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import tempfile
 import warnings
@@ -232,7 +233,11 @@ def run_jobs(
             for error in results:
                 _record(stats, error, progress)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # "spawn", not fork: forking a process whose threads (OpenMP, OpenCV, torch) may hold
+            # locks can deadlock the children, e.g. when the prepare code runs inside a test
+            # session or after the caller used cv2.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 for error in pool.map(_run_one, [(convert, job) for job in todo], chunksize=8):
                     _record(stats, error, progress)
     finally:
