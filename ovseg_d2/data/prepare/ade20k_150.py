@@ -20,7 +20,6 @@ Finished files are skipped on a re-run; every file is written atomically.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -48,11 +47,11 @@ from .common import (
     run_splits,
     save_label,
     verify_count,
+    warn_if_not_official_count,
 )
 
 __all__ = ["main", "prepare_split", "convert_label", "raw_label_dir", "NUM_CLASSES", "OFFICIAL_COUNTS"]
 
-logger = logging.getLogger(__name__)
 
 #: Raw values 1..NUM_CLASSES are classes; 0 is "other".
 NUM_CLASSES = 150
@@ -112,18 +111,6 @@ def _check_images_match_labels(image_dir: Path, raw_dir: Path, labels: list[Path
         )
 
 
-def _warn_if_not_official_count(split: str, found: int) -> None:
-    """A partial download still converts, but say so: results on it aren't comparable."""
-    expected = OFFICIAL_COUNTS[split]
-    if found != expected:
-        logger.warning("ADE20K-150 %s: %d labels found, the official release has %d", split, found, expected)
-        print(
-            f"warning: ADE20K-150 {split} has {found} labels, the official release has {expected}; "
-            "results on it are not comparable with published numbers.",
-            flush=True,
-        )
-
-
 def prepare_split(root: Path, split: str, workers: Optional[int] = None) -> int:
     """Convert one split; returns the number of label files now in place."""
     raw_dir = raw_label_dir(root, split)
@@ -138,7 +125,7 @@ def prepare_split(root: Path, split: str, workers: Optional[int] = None) -> int:
     if not labels:
         raise PreparationError(f"no raw '*{ADE20K_150_LABEL_EXT}' label in {raw_dir}; re-extract ADEChallengeData2016.zip.")
     _check_images_match_labels(image_dir, raw_dir, labels)
-    _warn_if_not_official_count(split, len(labels))
+    warn_if_not_official_count(f"ADE20K-150 {split} labels", len(labels), OFFICIAL_COUNTS[split])
     check_outputs_do_not_touch_inputs([out_dir], [raw_dir, image_dir])
 
     jobs = [ConversionJob(inputs=(raw,), outputs=(out_dir / raw.name,)) for raw in labels]

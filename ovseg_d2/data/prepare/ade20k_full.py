@@ -46,7 +46,6 @@ atomically.
 from __future__ import annotations
 
 import functools
-import logging
 import pickle
 import warnings
 from pathlib import Path
@@ -78,6 +77,7 @@ from .common import (
     save_image,
     save_label,
     verify_count,
+    warn_if_not_official_count,
 )
 
 __all__ = [
@@ -93,7 +93,6 @@ __all__ = [
     "REFERENCE_JPEG_QUALITY",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: The release's index, in its top folder.
 INDEX_FILENAME = "index_ade20k.pkl"
@@ -320,17 +319,6 @@ def _check_inputs_exist(jobs: list[ConversionJob], root: Path, split: str) -> No
         )
 
 
-def _warn_if_not_official_count(split: str, found: int) -> None:
-    expected = OFFICIAL_COUNTS.get(split)
-    if expected is not None and found != expected:
-        logger.warning("ADE20K-847 %s: %d images in the index, the official release has %d", split, found, expected)
-        print(
-            f"warning: ADE20K-847 {split} has {found} images, the official release has {expected}; "
-            "results on it are not comparable with published numbers.",
-            flush=True,
-        )
-
-
 def prepare_split(
     root: Path, split: str, *, index: tuple[list[str], list[str]], index_path: Path, workers: Optional[int] = None
 ) -> int:
@@ -340,7 +328,7 @@ def prepare_split(
     if not jobs:
         raise PreparationError(f"{index_path} lists no {split} image (file names ADE_val_* are validation, others training).")
     _check_inputs_exist(jobs, root, split)
-    _warn_if_not_official_count(split, len(jobs))
+    warn_if_not_official_count(f"ADE20K-847 {split} images in the index", len(jobs), OFFICIAL_COUNTS.get(split))
     image_dir, label_dir = ade20k_full_paths(root, split)
     raw_folders = {p.parent for job in jobs for p in job.inputs}
     check_outputs_do_not_touch_inputs([image_dir, label_dir], raw_folders)

@@ -22,7 +22,6 @@ written atomically.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
@@ -48,6 +47,7 @@ from .common import (
     run_splits,
     save_label,
     verify_count,
+    warn_if_not_official_count,
 )
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
     "OFFICIAL_COUNTS",
 ]
 
-logger = logging.getLogger(__name__)
 
 
 class CityscapesLabel(NamedTuple):
@@ -183,17 +182,6 @@ def _list_raw_labels(root: Path, split: str) -> dict[str, list[Path]]:
     return raw_by_city
 
 
-def _warn_if_not_official_count(split: str, found: int) -> None:
-    expected = OFFICIAL_COUNTS[split]
-    if found != expected:
-        logger.warning("Cityscapes %s: %d images found, the official release has %d", split, found, expected)
-        print(
-            f"warning: Cityscapes {split} has {found} images, the official release has {expected}; "
-            "results on it are not comparable with published numbers.",
-            flush=True,
-        )
-
-
 def prepare_split(root: Path, split: str, workers: Optional[int] = None) -> int:
     """Write the train-id labels of one split; returns the number of label files now in place."""
     raw_by_city = _list_raw_labels(root, split)
@@ -204,7 +192,7 @@ def prepare_split(root: Path, split: str, workers: Optional[int] = None) -> int:
     ]
     if not jobs:
         raise PreparationError(f"no '*{IMAGE_SUFFIX}' image in the city folders of {cityscapes_paths(root, split)[0]}.")
-    _warn_if_not_official_count(split, len(jobs))
+    warn_if_not_official_count(f"Cityscapes {split} images", len(jobs), OFFICIAL_COUNTS[split])
     # Outputs go into the raw folders (the official layout, so no check_outputs_do_not_touch_inputs
     # here); they never replace a raw file: '_gtFine_labelTrainIds.png' is not a name the release uses.
 

@@ -48,6 +48,7 @@ __all__ = [
     "add_splits_argument",
     "resolve_root",
     "run_splits",
+    "warn_if_not_official_count",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,18 @@ def verify_count(directory: Path, suffix: str, expected: int, what: str) -> None
             f"{what}: expected {expected} '{suffix}' files in {directory}, found {found}. "
             "Re-run the script to complete it; if the raw release is incomplete, re-download it."
         )
+
+
+def warn_if_not_official_count(what: str, found: int, expected: Optional[int]) -> None:
+    """A partial download still converts, but say so on the console: its results are not
+    comparable with published numbers. ``expected`` None: no official count is known."""
+    if expected is None or found == expected:
+        return
+    message = (
+        f"{what}: {found} found, the official release has {expected}; "
+        "results on it are not comparable with published numbers."
+    )
+    print(f"warning: {message}", flush=True)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

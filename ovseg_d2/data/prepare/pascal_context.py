@@ -72,6 +72,7 @@ from .common import (
     run_jobs,
     save_label,
     verify_count,
+    warn_if_not_official_count,
 )
 
 __all__ = [
@@ -152,12 +153,6 @@ def _fail_if_missing(paths: Sequence[Path], what: str, context: Path) -> None:
             f"{len(missing)} {what} missing: {', '.join(missing[:5])}{more}. The raw release is incomplete; "
             + DOWNLOAD_HINT.format(context=context)
         )
-
-
-def _warn_if_not_official(what: str, count: int) -> None:
-    if count != OFFICIAL_VAL_COUNT:
-        print(f"warning: {what} has {count} val images, the official split has {OFFICIAL_VAL_COUNT}; "
-              "results on it are not comparable with published numbers.", flush=True)
 
 
 # ---------------------------------------------------------------- PC-59 / C60 from trainval_merged.json
@@ -247,7 +242,7 @@ def _prepare_from_detail(context: Path, benchmarks: list[str], workers: Optional
     val_images, annotations = _val_images_and_annotations(json_path, _load_detail_json(json_path))
     if not val_images:
         raise CorruptInputError(f"{json_path} lists no image with phase 'val'.")
-    _warn_if_not_official(str(json_path), len(val_images))
+    warn_if_not_official_count(f"{json_path} val images", len(val_images), OFFICIAL_VAL_COUNT)
     image_paths = [image_dir / image["file_name"] for image in val_images]
     _fail_if_missing(image_paths, "val images", context)
 
@@ -356,7 +351,7 @@ def _prepare_pc459(context: Path, json_stems: Optional[list[str]], workers: Opti
         raise PreparationError(f"{mat_dir} does not exist; " + DOWNLOAD_HINT.format(context=context))
     _warn_if_names_differ(read_labels_txt(context / LABELS_TXT), context / LABELS_TXT)
     ids = _pc459_val_ids(context, json_stems)
-    _warn_if_not_official("the PC-459 val list", len(ids))
+    warn_if_not_official_count("the PC-459 val list", len(ids), OFFICIAL_VAL_COUNT)
     mat_paths = [mat_dir / f"{i}.mat" for i in ids]
     image_paths = [image_dir / f"{i}{IMAGE_EXT}" for i in ids]
     _fail_if_missing(mat_paths, "PC-459 label maps", context)

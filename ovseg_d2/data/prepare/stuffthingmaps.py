@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import ConversionJob, CorruptInputError, PreparationError, read_label, save_label
+from .common import warn_if_not_official_count as common_warn
 
 __all__ = [
     "COCO_STUFF_DIRNAME",
@@ -68,14 +69,8 @@ def list_raw_maps(root: Path, split: str) -> list[Path]:
 
 
 def warn_if_not_official_count(split: str, found: int) -> None:
-    """A partial download still converts, but say so: results on it aren't comparable."""
-    expected = OFFICIAL_COUNTS.get(split)
-    if expected is not None and found != expected:
-        print(
-            f"warning: COCO-Stuff {split}: {found} raw maps found, the official release has {expected}; "
-            "results on this set are not comparable with published numbers.",
-            flush=True,
-        )
+    """Warn when a COCO-Stuff split's raw map count differs from the official release."""
+    common_warn(f"COCO-Stuff {split} raw maps", found, OFFICIAL_COUNTS.get(split))
 
 
 def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path) -> np.ndarray:
