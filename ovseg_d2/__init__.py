@@ -13,5 +13,7 @@ from .data import register_all as _register_all_datasets  # noqa: E402
 
 _register_all_datasets()  # data sets under $DETECTRON2_DATASETS (default ./datasets); no disk access
 
+from .engine.predictor import OpenVocabPredictor  # noqa: E402
+
 __version__ = "0.1.0"
-__all__ = ["add_ovseg_config", "__version__"]
+__all__ = ["add_ovseg_config", "OpenVocabPredictor", "__version__"]

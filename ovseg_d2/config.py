@@ -42,6 +42,7 @@ def add_ovseg_config(cfg: CN) -> CN:
     _C.MODEL.TEXT.TEMPLATE_SET = "catseg"  # name of a prompt-template set in ovseg_d2/modeling/text/templates.py
     _C.MODEL.TEXT.TEMPLATES = []  # explicit templates with one "{}"; overrides TEMPLATE_SET when non-empty
     _C.MODEL.TEXT.SYNONYMS = "first"  # class names "a, b" / "a; b": first (use the first name) | mean (average the synonyms' embeddings)
+    _C.MODEL.TEXT.EMBEDDING_CACHE_DIR = "auto"  # persistent per-class text-embedding cache: "auto" ($XDG_CACHE_HOME or ~/.cache)/ovseg_d2/text_embeddings, a directory, or "" (off)
 
     # ---- MaskCLIP-style baseline: cosine cost volume, no aggregation
     _C.MODEL.BASELINE = CN()
@@ -101,6 +102,7 @@ def add_ovseg_config(cfg: CN) -> CN:
 
     # ---- Evaluation
     _C.TEST.EVAL_BEFORE_TRAIN = False  # evaluate once before the first iteration and print a before/after table
+    _C.TEST.PRECISION = "float32"  # OpenVocabPredictor / tools/demo.py: float32 | bfloat16 (autocast, CPU or CUDA) | float16 (autocast, CUDA)
     _C.TEST.SAVE_PREDICTIONS = False  # write predicted label PNGs under OUTPUT_DIR/inference/<dataset>/
 
     # ---- Checkpointing

@@ -1,7 +1,11 @@
 """Test-wide set-up: offline hubs, remedies before torchvision, a session-wide data root."""
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The persistent text-embedding cache ("auto": $XDG_CACHE_HOME/ovseg_d2/...) never touches the
+# user's home during tests; each test gets its own (see isolated_text_cache).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ovseg_d2_test_cache_")
 
 import ovseg_d2  # noqa: E402,F401  (remedies and registration before anything else)
 import pytest  # noqa: E402
@@ -20,6 +24,12 @@ def shapes_root(tmp_path_factory):
         os.environ.pop("DETECTRON2_DATASETS", None)
     else:
         os.environ["DETECTRON2_DATASETS"] = previous
+
+
+@pytest.fixture(autouse=True)
+def isolated_text_cache(tmp_path, monkeypatch):
+    """A fresh user cache dir per test, so text-encoder call counts never depend on test order."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg_cache"))
 
 
 def quickstart_cfg(config="configs/quickstart/baseline_maskclip_tiny.yaml", *opts):

@@ -28,13 +28,19 @@ def default_vocabulary_sources(cfg) -> tuple[str, str]:
 class TestVocabularyMixin:
     """``set_test_vocabulary`` and per-input vocabulary grouping, shared by the meta-architectures.
 
-    An input dict may carry its own ``vocabulary`` (a list of names); otherwise the test
-    vocabulary set by the trainer (per data set) or the predictor applies. With
-    ``background_by_threshold`` the first name is "background" and is scored by threshold.
+    An input dict may carry its own ``vocabulary`` (a list of names, and optionally
+    ``background_by_threshold: True``); otherwise the test vocabulary set by the trainer (per
+    data set) applies. With ``background_by_threshold`` the first name is "background" and is
+    scored by threshold (``MODEL.BACKGROUND_THRESHOLD``), never text-encoded.
+
+    ``predicts_background_by_threshold`` declares the method's own protocol for a free
+    vocabulary (its paper's demo): True adds the threshold background channel by default
+    (``OpenVocabPredictor``, ``tools/demo.py``); the baseline and CAT-Seg do not.
     """
 
     test_class_names: list
     test_background_by_threshold: bool = False
+    predicts_background_by_threshold: bool = False
 
     def set_test_vocabulary(self, class_names, *, background_by_threshold: bool = False) -> None:
         """Vocabulary used at inference when an input carries none."""
@@ -46,7 +52,7 @@ class TestVocabularyMixin:
         groups: dict[tuple, list[int]] = {}
         for index, x in enumerate(batched_inputs):
             if x.get("vocabulary"):
-                key = (tuple(x["vocabulary"]), False)
+                key = (tuple(x["vocabulary"]), bool(x.get("background_by_threshold", False)))
             else:
                 key = (tuple(self.test_class_names), self.test_background_by_threshold)
             if not key[0]:
