@@ -13,7 +13,7 @@ from ovseg_d2.data import register_all
 from ovseg_d2.data.datasets.sem_seg_regions import label_segments
 from ovseg_d2.evaluation import RegionClassificationEvaluator
 
-from .conftest import quickstart_cfg
+from .conftest import REPO_ROOT, quickstart_cfg
 
 HAND = "test_region_classification_hand"
 
@@ -133,3 +133,16 @@ def test_clipself_trains_exports_and_evaluates(registered, tmp_path):
     want = trainer.model.export_state_dict(0.7)
     assert set(state) == set(want) and all(torch.equal(state[k], want[k]) for k in want)
     open_clip.create_model("ovseg-tiny-vit8", pretrained=str(tmp_path / "clip_export_final.pt"), weights_only=True)
+
+    # tools/export_clip.py from the detectron2 checkpoint gives the same file
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_clip", os.path.join(REPO_ROOT, "tools", "export_clip.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = tool.build_parser().parse_args(
+        ["--config-file", os.path.join(REPO_ROOT, "configs/quickstart/clipself_tiny.yaml"), "--weights", str(tmp_path / "model_final.pth"),
+         "--output", str(tmp_path / "tool.pt"), "MODEL.CLIPSELF.STUDENT_SIZE", "64"]
+    )
+    exported = tool.export(args)
+    assert all(torch.equal(exported[k], state[k]) for k in state)
