@@ -80,13 +80,25 @@ def add_ovseg_config(cfg: CN) -> CN:
     _C.MODEL.CATSEG.SCORE_CHUNK_CLASSES = 64  # classes upsampled/stitched at a time at evaluation (bounds memory at 847 classes)
     _C.MODEL.CATSEG.MASK_IGNORE_IN_LOSS = True  # exclude ignore pixels from the BCE loss; False reproduces the reference (negatives everywhere)
 
+    # ---- CLIPSelf (MODEL.META_ARCHITECTURE = "CLIPSelf"; defaults: the reference ViT-B/16 recipe)
+    _C.MODEL.CLIPSELF = CN()
+    _C.MODEL.CLIPSELF.STUDENT_SIZE = 1024  # student input: longest side resized to this, zero-padded bottom/right to a square (896 for ViT-L/14)
+    _C.MODEL.CLIPSELF.REGION_SOURCE = "grid"  # grid (random M x N cells) | proposals (boxes from DATASETS.PROPOSAL_FILES_TRAIN, needs MODEL.LOAD_PROPOSALS)
+    _C.MODEL.CLIPSELF.MAX_REGIONS = 20  # regions distilled per image (cells/proposals beyond this are dropped after shuffling)
+    _C.MODEL.CLIPSELF.GRID_MAX_SPLITS = 6  # grid: M in 1..this, N in ceil(M/2)..min(2M, this) (24 choices at 6)
+    _C.MODEL.CLIPSELF.PROPOSAL_CROP_SCALE = 1.5  # proposals: the teacher crops each box enlarged by this factor about its centre
+    _C.MODEL.CLIPSELF.PROPOSAL_MIN_SIZE = 1.0  # proposals: boxes narrower or lower than this (pixels, after resizing) are dropped
+    _C.MODEL.CLIPSELF.ENSEMBLE_ALPHA = 0.7  # exported weights: alpha * student + (1 - alpha) * teacher (0.7 ViT-B, 0.95 ViT-L)
+    _C.MODEL.CLIPSELF.EXPORT_PERIOD = 0  # write an ensembled open_clip checkpoint every this many iterations (0: once per epoch of DATASETS.TRAIN)
+    _C.MODEL.CLIPSELF.EVAL_MODES = ["rois", "maskpool", "crops"]  # region-classification modes computed at evaluation
+
     # ---- Vocabulary
     _C.MODEL.TRAIN_CLASS_NAMES_FROM = ""  # data set whose stuff_classes are the training vocabulary ("": DATASETS.TRAIN[0])
     _C.MODEL.TEST_CLASS_NAMES_FROM = ""  # data set whose stuff_classes are the default test vocabulary ("": DATASETS.TEST[0])
     _C.MODEL.BACKGROUND_THRESHOLD = 0.5  # on background-by-threshold sets (V21, C60, COCO-Object) a pixel is background unless a class scores above this
 
     # ---- Input pipeline
-    _C.INPUT.DATASET_MAPPER_NAME = "ovseg_semantic"  # semantic-segmentation mapper (ovseg_d2/data/mappers)
+    _C.INPUT.DATASET_MAPPER_NAME = "ovseg_semantic"  # training mapper (ovseg_d2/data/mappers): ovseg_semantic | clipself; region-classification test sets always use their own
     _C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # random crops retried while one class covers more than this fraction (1.0: plain crop)
     _C.INPUT.COLOR_AUG_SSD = False  # SSD-style photometric augmentation during training
     _C.INPUT.SIZE_DIVISIBILITY = -1  # pad training crops to this size (-1: the crop size when cropping is on)

@@ -1,8 +1,11 @@
 """``OvsegTrainer``: detectron2's ``DefaultTrainer`` with ovseg_d2's parts plugged in.
 
 What differs from ``DefaultTrainer``:
-* data: the ``INPUT.DATASET_MAPPER_NAME`` mapper for training and testing;
-* evaluator chosen from the data set's metadata (``evaluator_type``);
+* data: the ``INPUT.DATASET_MAPPER_NAME`` mapper for training and testing, except that
+  region-classification test sets always use their own mapper;
+* evaluator chosen from the data set's metadata (``evaluator_type``): semantic segmentation or
+  region classification;
+* models with ``export_state_dict`` (CLIPSelf) get the open_clip export hook;
 * optimizer with per-parameter-group LR multipliers, no weight decay on norms, biases and
   embeddings, and full-model gradient clipping (``ovseg_d2.solver``);
 * optional autocast (fp16 with loss scaling, or bf16) on any device (``ovseg_d2.engine.amp``);
@@ -25,11 +28,12 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..checkpoint import build_checkpointer, build_periodic_checkpointer_hook
-from ..data.mappers import build_sem_seg_mapper
-from ..evaluation import OpenVocabSemSegEvaluator
+from ..data.mappers import RegionClassificationDatasetMapper, build_sem_seg_mapper
+from ..evaluation import OpenVocabSemSegEvaluator, RegionClassificationEvaluator
 from ..modeling.vocabulary import class_names_of
 from ..solver import build_optimizer
 from .amp import build_trainer_step
+from .clip_export_hook import build_clip_export_hook
 
 __all__ = ["OvsegTrainer", "format_before_after", "SEM_SEG_EVALUATOR_TYPES"]
 
@@ -37,8 +41,16 @@ logger = logging.getLogger(__name__)
 
 #: metadata ``evaluator_type`` values evaluated with OpenVocabSemSegEvaluator
 SEM_SEG_EVALUATOR_TYPES = ("ovseg_sem_seg", "sem_seg")
-#: metrics shown in the before/after table
-SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+#: metadata ``evaluator_type`` of region-classification sets (RegionClassificationEvaluator)
+REGION_EVALUATOR_TYPE = "region_classification"
+#: metrics shown in the before/after table, per result task
+SUMMARY_METRICS = {
+    "sem_seg": ("mIoU", "fwIoU", "mACC", "pACC"),
+    "region_classification": (
+        "rois_top1_all", "rois_top1_things", "rois_top1_stuff", "maskpool_top1_all", "crops_top1_all",
+        "rois_crops_top1_agreement", "maskpool_crops_top1_agreement",
+    ),
+}
 
 
 def _unwrap(model):
@@ -57,12 +69,13 @@ def format_before_after(before: Mapping, after: Mapping, dataset_names) -> str:
     before, after = _per_dataset(before, dataset_names), _per_dataset(after, dataset_names)
     rows = []
     for name in dataset_names:
-        b = before[name].get("sem_seg", {})
-        a = after[name].get("sem_seg", {})
-        for metric in SUMMARY_METRICS:
-            if metric in a or metric in b:
-                vb, va = b.get(metric, float("nan")), a.get(metric, float("nan"))
-                rows.append([name, metric, f"{vb:.2f}", f"{va:.2f}", f"{va - vb:+.2f}"])
+        for task, metrics in SUMMARY_METRICS.items():
+            b = before[name].get(task, {})
+            a = after[name].get(task, {})
+            for metric in metrics:
+                if metric in a or metric in b:
+                    vb, va = b.get(metric, float("nan")), a.get(metric, float("nan"))
+                    rows.append([name, metric, f"{vb:.2f}", f"{va:.2f}", f"{va - vb:+.2f}"])
     return tabulate(rows, headers=["data set", "metric", "before", "after", "gain"], tablefmt="pipe", disable_numparse=True, colalign=("left", "left", "right", "right", "right"))
 
 
@@ -105,7 +118,12 @@ class OvsegTrainer(DefaultTrainer):
 
     def build_hooks(self):
         periodic = build_periodic_checkpointer_hook(self.cfg, self.checkpointer)
-        return [periodic if isinstance(h, hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
+        built = [periodic if isinstance(h, hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
+        if hasattr(_unwrap(self.model), "export_state_dict"):
+            # before the evaluation hook, so that the final export exists when evaluation runs
+            at = next((i for i, h in enumerate(built) if isinstance(h, hooks.EvalHook)), len(built))
+            built.insert(at, build_clip_export_hook(self.cfg, self.model))
+        return built
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -117,7 +135,11 @@ class OvsegTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_sem_seg_mapper(cfg, is_train=False))
+        if getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None) == REGION_EVALUATOR_TYPE:
+            mapper = RegionClassificationDatasetMapper(cfg, dataset_name)
+        else:
+            mapper = build_sem_seg_mapper(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -129,9 +151,11 @@ class OvsegTrainer(DefaultTrainer):
                 output_dir=output_folder or f"{cfg.OUTPUT_DIR}/inference/{dataset_name}",
                 save_predictions=cfg.TEST.SAVE_PREDICTIONS,
             )
+        if evaluator_type == REGION_EVALUATOR_TYPE:
+            return RegionClassificationEvaluator(dataset_name, distributed=True)
         raise NotImplementedError(
             f"no evaluator for data set {dataset_name!r} with evaluator_type={evaluator_type!r}; "
-            f"ovseg_d2 evaluates {SEM_SEG_EVALUATOR_TYPES}"
+            f"ovseg_d2 evaluates {SEM_SEG_EVALUATOR_TYPES + (REGION_EVALUATOR_TYPE,)}"
         )
 
     @classmethod

@@ -1,4 +1,5 @@
 """Evaluation for ovseg_d2: the open-vocabulary semantic-segmentation evaluator and its helpers."""
+from .region_classification import RegionClassificationEvaluator, region_accuracy_from_counts
 from .sem_seg_evaluation import (
     MIOU_DEFINITION,
     OpenVocabSemSegEvaluator,
@@ -10,6 +11,8 @@ from .sem_seg_evaluation import (
 __all__ = [
     "MIOU_DEFINITION",
     "OpenVocabSemSegEvaluator",
+    "RegionClassificationEvaluator",
+    "region_accuracy_from_counts",
     "read_sem_seg_label",
     "semseg_metrics_from_confusion",
     "update_confusion_matrix",

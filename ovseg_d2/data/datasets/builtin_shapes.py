@@ -71,6 +71,7 @@ __all__ = [
     "generate_shapes_dataset",
     "register_builtin_shapes",
     "dataset_name",
+    "region_view_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -489,11 +490,20 @@ def dataset_name(split: str) -> str:
     return f"ovseg_shapes_{split}_sem_seg"
 
 
+def region_view_name(split: str) -> str:
+    """Registered name of ``split``'s region view, e.g. ``"ovseg_shapes_val_regions"``."""
+    return f"ovseg_shapes_{split}_regions"
+
+
 def register_builtin_shapes() -> None:
-    """Register ``ovseg_shapes_{train,val}_sem_seg`` under ``datasets_root()/ovseg_shapes``.
+    """Register ``ovseg_shapes_{train,val}_sem_seg`` under ``datasets_root()/ovseg_shapes`` and
+    their region views ``ovseg_shapes_{train,val}_regions`` (region classification: every shape
+    is a thing segment, the background a stuff segment).
 
     Touches no file; the loader generates the split at first use.
     """
+    from .sem_seg_regions import register_sem_seg_region_view
+
     root = datasets_root() / DATASET_DIRNAME
     class_names = load_class_names(CLASS_NAMES_FILE)
     for split in SPLIT_SIZES:
@@ -510,6 +520,14 @@ def register_builtin_shapes() -> None:
             prepare_hint=PREPARE_HINT,
             ensure_ready=functools.partial(generate_shapes_dataset, root, split),
             class_names_file=f"{CLASS_NAMES_FILE}.json",
+        )
+        register_sem_seg_region_view(
+            region_view_name(split),
+            dataset_name(split),
+            class_names=class_names,
+            thing_class_ids=SHAPE_CLASSES,
+            ignore_label=IGNORE_LABEL,
+            extra_metadata={"class_names_file": f"{CLASS_NAMES_FILE}.json"},
         )
 
 

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .clipself_mapper import CLIPSelfDatasetMapper
 from .color_aug import ColorAugSSDTransform, RandomColorAugSSD
+from .region_mapper import RegionClassificationDatasetMapper
 from .semantic_mapper import OpenVocabSemSegDatasetMapper
 
 __all__ = [
     "OpenVocabSemSegDatasetMapper",
+    "CLIPSelfDatasetMapper",
+    "RegionClassificationDatasetMapper",
     "ColorAugSSDTransform",
     "RandomColorAugSSD",
     "SEM_SEG_MAPPERS",
@@ -17,6 +21,7 @@ __all__ = [
 #: ``cfg.INPUT.DATASET_MAPPER_NAME`` -> mapper class (built with ``cls(cfg, is_train)``).
 SEM_SEG_MAPPERS: dict[str, Callable] = {
     "ovseg_semantic": OpenVocabSemSegDatasetMapper,
+    "clipself": CLIPSelfDatasetMapper,
 }
 
 
