@@ -103,6 +103,11 @@ def add_ovseg_config(cfg: CN) -> CN:
     _C.INPUT.COLOR_AUG_SSD = False  # SSD-style photometric augmentation during training
     _C.INPUT.SIZE_DIVISIBILITY = -1  # pad training crops to this size (-1: the crop size when cropping is on)
 
+    # ---- Captions (Talk2DINO's training data, retrieval evaluation, feature cache; evaluator_type "captions")
+    _C.INPUT.CAPTION = CN()
+    _C.INPUT.CAPTION.IMAGE_SIZE = 448  # caption images: short side resized to this (bicubic), then centre-cropped to this square
+    _C.INPUT.CAPTION.FEATURE_CACHE_DIR = ""  # folder written by tools/extract_features.py: caption sets feed its cached features instead of images ("": off)
+
     # ---- Solver extras (detectron2's SOLVER keys are kept)
     _C.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | ADAM | SGD
     _C.SOLVER.BETAS = [0.9, 0.999]  # Adam(W) betas
