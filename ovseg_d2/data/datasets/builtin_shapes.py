@@ -72,6 +72,7 @@ __all__ = [
     "register_builtin_shapes",
     "dataset_name",
     "region_view_name",
+    "caption_view_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -495,13 +496,21 @@ def region_view_name(split: str) -> str:
     return f"ovseg_shapes_{split}_regions"
 
 
+def caption_view_name(split: str) -> str:
+    """Registered name of ``split``'s caption view, e.g. ``"ovseg_shapes_train_captions"``."""
+    return f"ovseg_shapes_{split}_captions"
+
+
 def register_builtin_shapes() -> None:
-    """Register ``ovseg_shapes_{train,val}_sem_seg`` under ``datasets_root()/ovseg_shapes`` and
-    their region views ``ovseg_shapes_{train,val}_regions`` (region classification: every shape
-    is a thing segment, the background a stuff segment).
+    """Register ``ovseg_shapes_{train,val}_sem_seg`` under ``datasets_root()/ovseg_shapes``, their
+    region views ``ovseg_shapes_{train,val}_regions`` (region classification: every shape is a
+    thing segment, the background a stuff segment) and their caption views
+    ``ovseg_shapes_{train,val}_captions`` (Talk2DINO: captions such as "a photo of a red circle
+    and a striped square" written from the classes in each label map, see sem_seg_captions.py).
 
     Touches no file; the loader generates the split at first use.
     """
+    from .sem_seg_captions import register_sem_seg_caption_view
     from .sem_seg_regions import register_sem_seg_region_view
 
     root = datasets_root() / DATASET_DIRNAME
@@ -526,6 +535,14 @@ def register_builtin_shapes() -> None:
             dataset_name(split),
             class_names=class_names,
             thing_class_ids=SHAPE_CLASSES,
+            ignore_label=IGNORE_LABEL,
+            extra_metadata={"class_names_file": f"{CLASS_NAMES_FILE}.json"},
+        )
+        register_sem_seg_caption_view(
+            caption_view_name(split),
+            dataset_name(split),
+            class_names=class_names,
+            background_class_ids=BACKGROUND_CLASSES,
             ignore_label=IGNORE_LABEL,
             extra_metadata={"class_names_file": f"{CLASS_NAMES_FILE}.json"},
         )
