@@ -1,10 +1,11 @@
 """``OvsegTrainer``: detectron2's ``DefaultTrainer`` with ovseg_d2's parts plugged in.
 
 What differs from ``DefaultTrainer``:
-* data: the ``INPUT.DATASET_MAPPER_NAME`` mapper for training and testing, except that
-  region-classification test sets always use their own mapper;
-* evaluator chosen from the data set's metadata (``evaluator_type``): semantic segmentation or
-  region classification;
+* data: the ``INPUT.DATASET_MAPPER_NAME`` mapper for training and testing, except that data sets
+  whose ``evaluator_type`` has its own mapper (``ovseg_d2.data.mappers.DATASET_TYPE_MAPPERS``)
+  use it: region-classification test sets, and caption sets (train and test);
+* evaluator chosen from the data set's metadata (``evaluator_type``, :data:`EVALUATORS`): semantic
+  segmentation, region classification or image-text retrieval (caption sets);
 * models with ``export_state_dict`` (CLIPSelf) get the open_clip export hook;
 * optimizer with per-parameter-group LR multipliers, no weight decay on norms, biases and
   embeddings, and full-model gradient clipping (``ovseg_d2.solver``);
@@ -28,14 +29,14 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..checkpoint import build_checkpointer, build_periodic_checkpointer_hook
-from ..data.mappers import RegionClassificationDatasetMapper, build_sem_seg_mapper
-from ..evaluation import OpenVocabSemSegEvaluator, RegionClassificationEvaluator
+from ..data.mappers import build_dataset_mapper
+from ..evaluation import OpenVocabSemSegEvaluator, RegionClassificationEvaluator, RetrievalEvaluator
 from ..modeling.vocabulary import class_names_of
 from ..solver import build_optimizer
 from .amp import build_trainer_step
 from .clip_export_hook import build_clip_export_hook
 
-__all__ = ["OvsegTrainer", "format_before_after", "SEM_SEG_EVALUATOR_TYPES"]
+__all__ = ["OvsegTrainer", "format_before_after", "SEM_SEG_EVALUATOR_TYPES", "EVALUATORS"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 SEM_SEG_EVALUATOR_TYPES = ("ovseg_sem_seg", "sem_seg")
 #: metadata ``evaluator_type`` of region-classification sets (RegionClassificationEvaluator)
 REGION_EVALUATOR_TYPE = "region_classification"
+#: metadata ``evaluator_type`` of caption sets (RetrievalEvaluator); they have no test vocabulary
+CAPTIONS_EVALUATOR_TYPE = "captions"
 #: metrics shown in the before/after table, per result task
 SUMMARY_METRICS = {
     "sem_seg": ("mIoU", "fwIoU", "mACC", "pACC"),
@@ -50,6 +53,32 @@ SUMMARY_METRICS = {
         "rois_top1_all", "rois_top1_things", "rois_top1_stuff", "maskpool_top1_all", "crops_top1_all",
         "rois_crops_top1_agreement", "maskpool_crops_top1_agreement",
     ),
+    "retrieval": ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"),
+}
+
+
+def _sem_seg_evaluator(cfg, dataset_name, output_folder):
+    return OpenVocabSemSegEvaluator(
+        dataset_name,
+        distributed=True,
+        output_dir=output_folder or f"{cfg.OUTPUT_DIR}/inference/{dataset_name}",
+        save_predictions=cfg.TEST.SAVE_PREDICTIONS,
+    )
+
+
+def _region_evaluator(cfg, dataset_name, output_folder):
+    return RegionClassificationEvaluator(dataset_name, distributed=True)
+
+
+def _retrieval_evaluator(cfg, dataset_name, output_folder):
+    return RetrievalEvaluator(dataset_name, distributed=True)
+
+
+#: metadata ``evaluator_type`` -> ``factory(cfg, dataset_name, output_folder)``
+EVALUATORS = {
+    **{t: _sem_seg_evaluator for t in SEM_SEG_EVALUATOR_TYPES},
+    REGION_EVALUATOR_TYPE: _region_evaluator,
+    CAPTIONS_EVALUATOR_TYPE: _retrieval_evaluator,
 }
 
 
@@ -131,32 +160,21 @@ class OvsegTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_sem_seg_mapper(cfg, is_train=True))
+        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, cfg.DATASETS.TRAIN, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        if getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None) == REGION_EVALUATOR_TYPE:
-            mapper = RegionClassificationDatasetMapper(cfg, dataset_name)
-        else:
-            mapper = build_sem_seg_mapper(cfg, is_train=False)
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_dataset_mapper(cfg, [dataset_name], is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
-        if evaluator_type in SEM_SEG_EVALUATOR_TYPES:
-            return OpenVocabSemSegEvaluator(
-                dataset_name,
-                distributed=True,
-                output_dir=output_folder or f"{cfg.OUTPUT_DIR}/inference/{dataset_name}",
-                save_predictions=cfg.TEST.SAVE_PREDICTIONS,
+        if evaluator_type not in EVALUATORS:
+            raise NotImplementedError(
+                f"no evaluator for data set {dataset_name!r} with evaluator_type={evaluator_type!r}; "
+                f"ovseg_d2 evaluates {sorted(EVALUATORS)}"
             )
-        if evaluator_type == REGION_EVALUATOR_TYPE:
-            return RegionClassificationEvaluator(dataset_name, distributed=True)
-        raise NotImplementedError(
-            f"no evaluator for data set {dataset_name!r} with evaluator_type={evaluator_type!r}; "
-            f"ovseg_d2 evaluates {SEM_SEG_EVALUATOR_TYPES + (REGION_EVALUATOR_TYPE,)}"
-        )
+        return EVALUATORS[evaluator_type](cfg, dataset_name, output_folder)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -167,7 +185,8 @@ class OvsegTrainer(DefaultTrainer):
         previous_background = bool(getattr(core, "test_background_by_threshold", False))
         try:
             for index, name in enumerate(cfg.DATASETS.TEST):
-                if hasattr(core, "set_test_vocabulary"):
+                is_captions = getattr(MetadataCatalog.get(name), "evaluator_type", None) == CAPTIONS_EVALUATOR_TYPE
+                if hasattr(core, "set_test_vocabulary") and not is_captions:  # retrieval needs no class vocabulary
                     background = bool(getattr(MetadataCatalog.get(name), "background_by_threshold", False))
                     core.set_test_vocabulary(class_names_of(name), background_by_threshold=background)
                 single = cfg.clone()
