@@ -167,7 +167,9 @@ class OvsegTrainer(DefaultTrainer):
         previous_background = bool(getattr(core, "test_background_by_threshold", False))
         try:
             for index, name in enumerate(cfg.DATASETS.TEST):
-                if hasattr(core, "set_test_vocabulary"):
+                if hasattr(core, "set_test_dataset"):  # vocabulary and protocol from the metadata
+                    core.set_test_dataset(name)
+                elif hasattr(core, "set_test_vocabulary"):
                     background = bool(getattr(MetadataCatalog.get(name), "background_by_threshold", False))
                     core.set_test_vocabulary(class_names_of(name), background_by_threshold=background)
                 single = cfg.clone()
