@@ -36,6 +36,27 @@ def add_ovseg_config(cfg: CN) -> CN:
     _C.MODEL.DINOV2.MODEL_NAME = "vit_base_patch14_reg4_dinov2.lvd142m"  # timm model name
     _C.MODEL.DINOV2.PRETRAINED = "timm"  # "timm" (hub weights of MODEL_NAME), a local .pth/.safetensors (timm or official DINOv2 key layout), or "" for random init
     _C.MODEL.DINOV2.IMAGE_SIZE = 448  # input size the position embeddings are built for (dynamic sizes are still accepted)
+    _C.MODEL.DINOV2.EMBED_DIM = 0  # >0: override the timm model's width (tiny random models for tests/quickstart); 0: the model name's
+    _C.MODEL.DINOV2.DEPTH = 0  # >0: override the number of blocks; 0: the model name's
+    _C.MODEL.DINOV2.NUM_HEADS = 0  # >0: override the attention heads; 0: the model name's
+    _C.MODEL.DINOV2.PIXEL_MEAN = [123.675, 116.28, 103.53]  # ImageNet RGB mean on the 0-255 scale (DINOv2's x/255 normalisation)
+    _C.MODEL.DINOV2.PIXEL_STD = [58.395, 57.12, 57.375]  # ImageNet RGB std on the 0-255 scale
+
+    # ---- Talk2DINO (MODEL.META_ARCHITECTURE = "Talk2DINO"; defaults: the reference ViT-B recipe and evaluation)
+    _C.MODEL.TALK2DINO = CN()
+    _C.MODEL.TALK2DINO.PROJECTION_NAME = "Talk2DINOProjection"  # psi, by name in TALK2DINO_PROJECTION_REGISTRY
+    _C.MODEL.TALK2DINO.TEMPERATURE = 0.07  # fixed InfoNCE temperature on cosine similarities (the reference never trains its scale)
+    _C.MODEL.TALK2DINO.GATHER_NEGATIVES = False  # multi-GPU: gather image/caption embeddings of all processes as in-batch negatives
+    _C.MODEL.TALK2DINO.SLIDING_SHORT_SIDE = 448  # evaluation: the image is resized (aspect kept) to this short side ...
+    _C.MODEL.TALK2DINO.SLIDING_MAX_LONG_SIDE = 2048  # ... unless the long side would exceed this (mmseg's Resize to fit (2048, 448))
+    _C.MODEL.TALK2DINO.WINDOW = 448  # sliding-window size; every window goes through DINOv2 at this size (32 x 32 patches)
+    _C.MODEL.TALK2DINO.WINDOW_STRIDE = 224  # sliding-window stride
+    _C.MODEL.TALK2DINO.BACKGROUND_CLEANING = False  # background cleaning for vocabularies given at call time (test sets: metadata 'talk2dino_background_cleaning')
+    _C.MODEL.TALK2DINO.BACKGROUND_CLEANING_LAMBDA = 0.2  # weight of the class attention map in background cleaning
+    _C.MODEL.TALK2DINO.PAMR = False  # refine the upsampled window maps with PAMR (the paper's headline numbers use it)
+    _C.MODEL.TALK2DINO.PAMR_ITERATIONS = 10  # PAMR propagation steps
+    _C.MODEL.TALK2DINO.PAMR_DILATIONS = [1, 2, 4, 8, 12, 24]  # PAMR 3x3 stencil dilations (8 neighbours each)
+    _C.MODEL.TALK2DINO.SCORE_CHUNK_CLASSES = 64  # classes upsampled/refined/stitched at a time at evaluation (bounds memory at 847 classes)
 
     # ---- Text prompts and class embeddings, shared by every method
     _C.MODEL.TEXT = CN()

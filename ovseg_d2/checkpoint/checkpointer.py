@@ -141,17 +141,30 @@ class OvsegCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Any):
         state = checkpoint["model"]
         layout = detect_layout(state)
+        covers: tuple[str, ...] = ()
         if layout is not None:
             self.logger.info(f"Recognised checkpoint layout '{layout.name}': {layout.description}")
             checkpoint["model"] = state = layout.convert(state)
             checkpoint["matching_heuristics"] = False
+            covers = layout.covers
         if self.strict and not checkpoint.get("__author__", "").startswith("Detectron"):
-            self._check_exact_match(state)
+            self._check_exact_match(state, covers)
+        if covers:
+            # The file holds only part of the model: the rest keeps its current weights.
+            kept = {k: v for k, v in self.model.state_dict().items() if not k.startswith(covers)}
+            self.logger.info(
+                f"Layout '{layout.name}' covers {list(covers)} only; {len(kept)} other tensors keep the "
+                "weights the model was built with"
+            )
+            checkpoint["model"] = state = {**kept, **state}
         return super()._load_model(checkpoint)
 
-    def _check_exact_match(self, state: Dict[str, Any]) -> None:
-        """Raise if the checkpoint's model state does not cover the model exactly."""
+    def _check_exact_match(self, state: Dict[str, Any], covers: tuple[str, ...] = ()) -> None:
+        """Raise if the checkpoint's model state does not cover the model exactly (only the
+        model keys under the ``covers`` prefixes, when given)."""
         expected = self.model.state_dict()
+        if covers:
+            expected = {k: v for k, v in expected.items() if k.startswith(covers)}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         mismatched = sorted(

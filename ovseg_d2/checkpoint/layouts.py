@@ -10,6 +10,11 @@ recognised and then loads strictly (missing or unexpected keys are an error list
   exactly OpenCLIPBackbone's layout; the aggregator under ``sem_seg_head.predictor.transformer.``;
   the decoder-guidance projections ``upsample1``/``upsample2`` at top level. Files whose CLIP
   attention is packed (``in_proj_weight``) are split on the fly.
+* ``talk2dino_release``: Talk2DINO's released ψ files: a plain state dict holding only the
+  projection (``linear_layer.*``, ``hidden_layers.0.*``, or the legacy ``linear_layer2.*``),
+  which becomes the Talk2DINO meta-architecture's ``projection.*``. The layout covers only that
+  module: the frozen DINOv2 and CLIP text tower keep the weights their own config keys loaded
+  (``MODEL.DINOV2.PRETRAINED``, ``MODEL.CLIP.PRETRAINED``), and strictness applies to ψ's keys.
 * ``ovseg``: this package's own checkpoints (no renaming).
 """
 from __future__ import annotations
@@ -19,7 +24,23 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["CheckpointLayout", "CHECKPOINT_LAYOUTS", "detect_layout", "convert_catseg_release", "split_packed_in_proj"]
+from ..modeling.heads.talk2dino_projection import LEGACY_KEY_RENAMES, PROJECTION_KEYS, rename_legacy_projection_keys
+
+__all__ = [
+    "CheckpointLayout",
+    "CHECKPOINT_LAYOUTS",
+    "detect_layout",
+    "convert_catseg_release",
+    "convert_talk2dino_release",
+    "split_packed_in_proj",
+    "TALK2DINO_PROJECTION_PREFIX",
+]
+
+#: where Talk2DINO's meta-architecture keeps ψ
+TALK2DINO_PROJECTION_PREFIX = "projection."
+_TALK2DINO_RELEASE_KEYS = frozenset(PROJECTION_KEYS) | {
+    old + key[len(new) :] for old, new in LEGACY_KEY_RENAMES for key in PROJECTION_KEYS if key.startswith(new)
+}
 
 CATSEG_PREFIXES = (
     ("sem_seg_head.predictor.clip_model.", "backbone.clip."),
@@ -55,12 +76,29 @@ def convert_catseg_release(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
     return split_packed_in_proj(renamed)
 
 
+def is_talk2dino_release(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """A non-empty state dict whose keys are all ψ keys (current or legacy names)."""
+    return bool(state_dict) and set(state_dict) <= _TALK2DINO_RELEASE_KEYS
+
+
+def convert_talk2dino_release(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Released ψ keys (legacy ``linear_layer2.*`` renamed) under ``projection.``."""
+    return {TALK2DINO_PROJECTION_PREFIX + k: v for k, v in rename_legacy_projection_keys(state_dict).items()}
+
+
 @dataclass(frozen=True)
 class CheckpointLayout:
+    """A released layout: how to recognise it and rename it to the model's names.
+
+    ``covers``: model-key prefixes the file provides (empty: the whole model). Strict loading
+    checks only those keys; the model's other tensors keep their current values.
+    """
+
     name: str
     description: str
     matches: Callable[[Mapping[str, torch.Tensor]], bool]
     convert: Callable[[Mapping[str, torch.Tensor]], dict]
+    covers: tuple[str, ...] = ()
 
 
 CHECKPOINT_LAYOUTS: tuple[CheckpointLayout, ...] = (
@@ -69,6 +107,13 @@ CHECKPOINT_LAYOUTS: tuple[CheckpointLayout, ...] = (
         "CAT-Seg released checkpoint (sem_seg_head.predictor.{clip_model,transformer}, upsample1/2)",
         lambda sd: any(k.startswith("sem_seg_head.predictor.") for k in sd),
         convert_catseg_release,
+    ),
+    CheckpointLayout(
+        "talk2dino_release",
+        "Talk2DINO released projection psi (linear_layer.*, hidden_layers.0.* or legacy linear_layer2.*) -> projection.*",
+        is_talk2dino_release,
+        convert_talk2dino_release,
+        covers=(TALK2DINO_PROJECTION_PREFIX,),
     ),
 )
 

@@ -186,7 +186,11 @@ class OvsegTrainer(DefaultTrainer):
         try:
             for index, name in enumerate(cfg.DATASETS.TEST):
                 is_captions = getattr(MetadataCatalog.get(name), "evaluator_type", None) == CAPTIONS_EVALUATOR_TYPE
-                if hasattr(core, "set_test_vocabulary") and not is_captions:  # retrieval needs no class vocabulary
+                if is_captions:
+                    pass  # retrieval needs no class vocabulary
+                elif hasattr(core, "set_test_dataset"):  # vocabulary and protocol from the metadata
+                    core.set_test_dataset(name)
+                elif hasattr(core, "set_test_vocabulary"):
                     background = bool(getattr(MetadataCatalog.get(name), "background_by_threshold", False))
                     core.set_test_vocabulary(class_names_of(name), background_by_threshold=background)
                 single = cfg.clone()

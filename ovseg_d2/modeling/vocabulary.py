@@ -47,6 +47,20 @@ class TestVocabularyMixin:
         self.test_class_names = list(class_names)
         self.test_background_by_threshold = background_by_threshold
 
+    def set_test_dataset(self, dataset_name: str) -> None:
+        """Test vocabulary and protocol of a registered data set: its ``stuff_classes``, its
+        ``background_by_threshold`` and whatever :meth:`test_dataset_options` reads from its metadata."""
+        metadata = MetadataCatalog.get(dataset_name)
+        self.set_test_vocabulary(
+            class_names_of(dataset_name),
+            background_by_threshold=bool(getattr(metadata, "background_by_threshold", False)),
+            **self.test_dataset_options(metadata),
+        )
+
+    def test_dataset_options(self, metadata) -> dict:
+        """Extra ``set_test_vocabulary`` keyword arguments a method reads from a data set's metadata."""
+        return {}
+
     def group_by_vocabulary(self, batched_inputs: list[dict]) -> dict[tuple, list[int]]:
         """{(vocabulary tuple, background_by_threshold): indices of the inputs using it}."""
         groups: dict[tuple, list[int]] = {}

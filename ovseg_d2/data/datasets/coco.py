@@ -125,6 +125,7 @@ def _register_coco_object(root: Path) -> None:
         evaluator_type="ovseg_sem_seg",
         prepare_hint=COCO_OBJECT_HINT,
         background_by_threshold=True,
+        talk2dino_background_cleaning=True,  # Talk2DINO's reference cleans the background on COCO-Object
         class_names_file=COCO_OBJECT_CLASS_NAMES_FILE,
     )
 

@@ -156,6 +156,7 @@ def register_pascal_voc() -> None:
         gt_root=str(root / BACKGROUND_FIRST_LABELS_DIRNAME / EVAL_SPLIT),
         class_names=v21,
         background_by_threshold=True,
+        talk2dino_background_cleaning=True,  # Talk2DINO's reference cleans the background on V21 (voc_bg configs)
         class_names_file=f"{V21_CLASS_NAMES_FILE}.json",
         **common,
     )

@@ -22,6 +22,7 @@ timm reads local torch files with ``torch.load(weights_only=True)`` (safetensors
 from __future__ import annotations
 
 import os
+from typing import Any, Mapping, Optional
 
 import timm
 from timm.models.vision_transformer import VisionTransformer
@@ -34,7 +35,12 @@ _CONFIG_KEY = "MODEL.DINOV2.PRETRAINED"
 
 
 def build_dinov2(
-    model_name: str, pretrained: str, *, img_size: int, dynamic_img_size: bool = True
+    model_name: str,
+    pretrained: str,
+    *,
+    img_size: int,
+    dynamic_img_size: bool = True,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> VisionTransformer:
     """Create a timm DINOv2 ViT and load its weights.
 
@@ -46,6 +52,9 @@ def build_dinov2(
             for patch size 14).
         dynamic_img_size: let the model accept other input sizes by interpolating the position
             embeddings on the fly (sliding-window inference, training crops).
+        model_kwargs: further ``timm.create_model`` arguments that change the architecture, e.g.
+            ``{"embed_dim": 32, "depth": 2, "num_heads": 2}`` for a tiny random model (tests,
+            quickstart). A weights file must then hold that architecture.
 
     Returns:
         The timm ``VisionTransformer`` with no classifier head (``num_classes=0``). Its
@@ -63,7 +72,7 @@ def build_dinov2(
             f"{model_name!r} is not a timm model. DINOv2 models in this timm: "
             f"{timm.list_models('*dinov2*', pretrained=True)}."
         )
-    kwargs = dict(img_size=img_size, dynamic_img_size=dynamic_img_size)
+    kwargs = dict(model_kwargs or {}, img_size=img_size, dynamic_img_size=dynamic_img_size)
 
     if pretrained == PRETRAINED_NONE:
         return timm.create_model(model_name, pretrained=False, **kwargs)

@@ -2,5 +2,6 @@
 from .catseg import CATSeg
 from .clipself import CLIPSelf
 from .maskclip_baseline import MaskCLIPBaseline, cosine_cost_volume
+from .talk2dino import Talk2DINO
 
-__all__ = ["CATSeg", "CLIPSelf", "MaskCLIPBaseline", "cosine_cost_volume"]
+__all__ = ["CATSeg", "CLIPSelf", "MaskCLIPBaseline", "Talk2DINO", "cosine_cost_volume"]
