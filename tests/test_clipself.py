@@ -223,6 +223,29 @@ def test_gradients_reach_exactly_the_image_tower_blocks():
         assert name in frozen
 
 
+def test_teacher_crops_are_one_batched_call_per_step(model, monkeypatch):
+    """All crops of all images of a step: one crop op and one teacher forward, K crops at once."""
+    import ovseg_d2.modeling.meta_arch.clipself as clipself_module
+
+    model.train()
+    batch = token_aligned_inputs()
+    crop_calls, teacher_inputs = [], []
+    real_crop = clipself_module.crop_resize_pad
+
+    def counting_crop(images, boxes, batch_index, size):
+        crop_calls.append((images.shape[0], len(boxes), batch_index.tolist()))
+        return real_crop(images, boxes, batch_index, size)
+
+    monkeypatch.setattr(clipself_module, "crop_resize_pad", counting_crop)
+    handle = model.teacher.register_forward_pre_hook(lambda module, args: teacher_inputs.append(tuple(args[0].shape)))
+    try:
+        model(batch)
+    finally:
+        handle.remove()
+    assert crop_calls == [(2, 3, [0, 0, 1])]  # both images, the 2 + 1 boxes, in one call
+    assert teacher_inputs == [(3, 3, 128, 128)]  # one teacher forward over the 3 crops
+
+
 def test_inference_scores_per_mode(model):
     model.eval()
     names = ["red circle", "sand background", "water background"]
