@@ -1,4 +1,4 @@
-# Two entry points (see README): `make quickstart` and `make test`. Both set up .venv first.
+# Entry points (see README): `make quickstart`, `make test` and `make clipself-quickstart`. All set up .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ovseg_d2_setup_stamp
