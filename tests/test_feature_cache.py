@@ -314,3 +314,21 @@ def test_feature_cache_needs_talk2dino(setup):
     model = _model(stand_in_cfg())
     with pytest.raises(FeatureCacheError, match="work with MODEL.META_ARCHITECTURE Talk2DINO"):
         check_feature_cache(_cfg(setup["files"], **{"INPUT.CAPTION.FEATURE_CACHE_DIR": setup["cache"]}), model, [DATASET])
+
+
+def test_reader_pickles_without_its_arrays(setup):
+    """Data-loader workers started by spawn get the index, not a copy of the arrays."""
+    import pickle
+
+    cfg = _cfg(setup["files"])
+    reader = FeatureCacheReader(setup["cache"], [DATASET], cfg=cfg)
+    d = setup["dicts"][-1]
+    expected = reader.lookup(d["image_id"], d["caption_id"])
+    blob = pickle.dumps(reader)
+    arrays = os.path.getsize(os.path.join(setup["cache"], DATASET, "head_embeddings.npy"))
+    assert len(blob) < arrays / 2
+    again = pickle.loads(blob).lookup(d["image_id"], d["caption_id"])
+    for key in expected:
+        assert torch.equal(expected[key], again[key])
+    with pytest.raises(FeatureCacheError, match="caption 1 belongs to image"):
+        reader.lookup(setup["dicts"][-1]["image_id"], 1)

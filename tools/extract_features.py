@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ovseg_d2  # noqa: E402,F401  (environment remedies and registration first)
 from detectron2.config import get_cfg  # noqa: E402
+from detectron2.utils.env import seed_all_rng  # noqa: E402
 
 from ovseg_d2 import add_ovseg_config  # noqa: E402
 from ovseg_d2.checkpoint import build_checkpointer  # noqa: E402
@@ -64,6 +65,9 @@ def main(args) -> dict:
     register_all()
     if cfg.MODEL.META_ARCHITECTURE != "Talk2DINO":
         raise SystemExit(f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: the feature cache is Talk2DINO's; use a Talk2DINO config")
+    # seeded as tools/train_net.py (detectron2's default_setup) seeds before building the model, so
+    # randomly initialised frozen parts (quickstart configs) are the ones training will build
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     model = OvsegTrainer.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)

@@ -166,6 +166,7 @@ def _model_description(cfg) -> dict[str, Any]:
         "MODEL.CLIP.MODEL_NAME": c.MODEL_NAME,
         "MODEL.CLIP.PRETRAINED": c.PRETRAINED,
         "MODEL.CLIP.FORCE_QUICK_GELU": c.FORCE_QUICK_GELU,
+        "SEED": cfg.SEED,  # randomly initialised frozen parts (PRETRAINED "") depend on it
     }
 
 
@@ -278,14 +279,26 @@ class FeatureCacheReader:
                         "looks captions up by id, so train on these sets from images or from separate runs."
                     )
                 self._captions[caption_id] = (name, row, image_id)
+            heads, text = self._open_arrays(name)
+            if heads.shape[0] != len(images) or text.shape[0] != len(captions):
+                raise FeatureCacheError(
+                    f"feature cache {directory!r}, {name!r}: arrays of {heads.shape[0]} images / {text.shape[0]} "
+                    f"captions but index files of {len(images)} / {len(captions)}: the cache is damaged. {_REWRITE_HINT}"
+                )
+
+    def _open_arrays(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The data set's arrays, memory-mapped read-only (opened once per process)."""
+        if name not in self._heads:
+            folder = _dataset_dir(self.directory, name)
             self._heads[name] = np.load(os.path.join(folder, _HEADS_FILE), mmap_mode="r", allow_pickle=False)
             self._text[name] = np.load(os.path.join(folder, _TEXT_FILE), mmap_mode="r", allow_pickle=False)
-            if self._heads[name].shape[0] != len(images) or self._text[name].shape[0] != len(captions):
-                raise FeatureCacheError(
-                    f"feature cache {directory!r}, {name!r}: arrays of {self._heads[name].shape[0]} images / "
-                    f"{self._text[name].shape[0]} captions but index files of {len(images)} / {len(captions)}: the cache "
-                    f"is damaged. {_REWRITE_HINT}"
-                )
+        return self._heads[name], self._text[name]
+
+    def __getstate__(self) -> dict:
+        # data-loader workers started by spawn re-open the memory maps instead of receiving copies
+        state = dict(self.__dict__)
+        state["_heads"], state["_text"] = {}, {}
+        return state
 
     def lookup(self, image_id, caption_id) -> dict[str, torch.Tensor]:
         try:
@@ -300,9 +313,10 @@ class FeatureCacheReader:
                 f"feature cache {self.directory!r}: caption {caption_id!r} belongs to image {caption_image!r} there, "
                 f"not {image_id!r}. {_REWRITE_HINT}"
             )
+        heads, text = self._open_arrays(image_set)[0], self._open_arrays(caption_set)[1]
         return {
-            "dino_head_embeddings": torch.from_numpy(np.array(self._heads[image_set][image_row], dtype=np.float32)),
-            "caption_text_feature": torch.from_numpy(np.array(self._text[caption_set][caption_row], dtype=np.float32)),
+            "dino_head_embeddings": torch.from_numpy(np.array(heads[image_row], dtype=np.float32)),
+            "caption_text_feature": torch.from_numpy(np.array(text[caption_row], dtype=np.float32)),
         }
 
 
@@ -350,7 +364,10 @@ def check_feature_cache(cfg, model: torch.nn.Module, dataset_names: Sequence[str
             f"{'DINOv2' if p == 'dinov2' else 'CLIP text tower'} {recorded.get(p, '?')[:12]} in the cache, {current[p][:12]} in the model"
             for p in stale
         )
-        config = "; config keys that differ (cache -> now): " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()) if changed else ""
+        if changed:
+            config = "; config keys that differ (cache -> now): " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        else:
+            config = "; the config keys choosing them are unchanged, so the weight files (or MODEL.WEIGHTS) changed on disk"
         raise FeatureCacheError(
             f"feature cache {directory!r} is stale: it was written with other frozen weights ({parts}){config}. {_REWRITE_HINT}"
         )
