@@ -109,7 +109,9 @@ def setup(shapes_root, tmp_path_factory):
     config = os.path.join(REPO_ROOT, "configs/quickstart/Base-quickstart.yaml")
     tool = _load_tool()
     # batch 3: the last batch is short, and no extraction batch is a training batch
-    args = tool.build_parser().parse_args(["--config-file", config, "--output", cache, "--batch-size", "3", *_opts(files)])
+    args = tool.build_parser().parse_args(
+        ["--config-file", config, "--output", cache, "--batch-size", "3", "--datasets", DATASET, *_opts(files)]
+    )
     manifest = tool.main(args)
     return {"files": files, "cache": cache, "dicts": dicts, "manifest": manifest, "root": root, "tool": tool, "config": config}
 
@@ -126,6 +128,7 @@ def test_manifest_records_weights_data_set_and_size(setup):
     with open(os.path.join(setup["cache"], MANIFEST_NAME)) as f:
         assert json.load(f) == manifest
     assert manifest["image_size"] == IMAGE_SIZE and manifest["heads"] == 4 and manifest["vision_dim"] == 32
+    assert list(manifest["datasets"]) == [DATASET]
     entry = manifest["datasets"][DATASET]
     assert entry["num_images"] == NUM_IMAGES and entry["num_captions"] == len(setup["dicts"])
     assert entry["fingerprint"] == dataset_fingerprint(setup["dicts"])
@@ -303,6 +306,8 @@ def test_existing_folders_are_not_overwritten(setup, tmp_path):
     assert json.load(open(manifest_path))["datasets"][DATASET]["num_images"] == NUM_IMAGES
     assert sorted(os.listdir(tmp_path)) == ["cache", "mine"]  # no temporary folder left behind
     # a failed extraction leaves the old cache and no temporary folder
+    with pytest.raises(ValueError, match="'no_such_set' is not registered; registered caption sets: .*ovseg_shapes_train_captions"):
+        write_feature_cache(model, cfg, ["no_such_set"], cache, overwrite=True, progress=False)
     with pytest.raises(ValueError, match="not a caption data set"):
         write_feature_cache(model, cfg, ["ovseg_shapes_train_sem_seg"], cache, overwrite=True, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["cache", "mine"] and os.path.isfile(manifest_path)

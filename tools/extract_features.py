@@ -2,7 +2,7 @@
 """Run Talk2DINO's frozen backbones once over caption data sets and store their outputs.
 
     python tools/extract_features.py --config-file configs/talk2dino_vitb.yaml \
-        --output features/talk2dino_vitb_coco2014 [--datasets coco_2014_train_captions ...] \
+        --output features/talk2dino_vitb_coco2014 [--datasets coco_2014_train_captions,...] \
         [--batch-size 64] [--num-workers 4] [--overwrite] [KEY VALUE ...]
 
 then train ψ from the cache (no image is read, DINOv2 and CLIP never run):
@@ -12,7 +12,7 @@ then train ψ from the cache (no image is read, DINOv2 and CLIP never run):
 
 Per image: DINOv2's attention-weighted per-head embeddings (heads x D_v); per caption: CLIP's raw
 ``encode_text`` feature. The data sets default to ``DATASETS.TRAIN``; add the caption test sets
-(``--datasets coco_2014_train_captions coco_2014_val_captions``) to evaluate retrieval from the cache
+(``--datasets coco_2014_train_captions,coco_2014_val_captions``) to evaluate retrieval from the cache
 too (test sets the cache does not hold are read from images). The frozen weights are those the
 config builds (``MODEL.DINOV2.PRETRAINED``, ``MODEL.CLIP.PRETRAINED``), then ``MODEL.WEIGHTS`` if
 set; the manifest records their fingerprints, the image size and each data set's fingerprint, and
@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, help="the Talk2DINO config training will use")
     parser.add_argument("--output", required=True, help="folder to write the cache to (INPUT.CAPTION.FEATURE_CACHE_DIR)")
-    parser.add_argument("--datasets", nargs="+", default=None, help="caption data sets to extract (default: DATASETS.TRAIN)")
+    parser.add_argument(
+        "--datasets", action="append", default=None, metavar="NAME[,NAME...]",
+        help="caption data sets to extract, comma-separated or repeated (default: DATASETS.TRAIN)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images (and captions) per forward pass")
     parser.add_argument("--num-workers", type=int, default=None, help="image-loading workers (default DATALOADER.NUM_WORKERS)")
     parser.add_argument("--overwrite", action="store_true", help="replace the feature cache already in --output")
@@ -71,7 +74,7 @@ def main(args) -> dict:
     model = OvsegTrainer.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
-    datasets = list(args.datasets) if args.datasets else list(cfg.DATASETS.TRAIN)
+    datasets = [n for value in args.datasets for n in value.split(",") if n] if args.datasets else list(cfg.DATASETS.TRAIN)
     workers = cfg.DATALOADER.NUM_WORKERS if args.num_workers is None else args.num_workers
     try:
         manifest = write_feature_cache(

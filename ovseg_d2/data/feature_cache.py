@@ -246,7 +246,7 @@ class FeatureCacheReader:
         if missing:
             raise FeatureCacheError(
                 f"feature cache {directory!r} holds {sorted(self.manifest['datasets'])}, not {missing}. Extract them "
-                f"(tools/extract_features.py --datasets {' '.join(missing)} --output <new folder>) or set {_CONFIG_KEY} ''."
+                f"(tools/extract_features.py --datasets {','.join(missing)} --output <new folder>) or set {_CONFIG_KEY} ''."
             )
         self._images: dict[Any, tuple[str, int]] = {}  # image_id -> (data set, row)
         self._captions: dict[Any, tuple[str, int, Any]] = {}  # caption_id -> (data set, row, image_id)
@@ -431,6 +431,9 @@ def write_feature_cache(
     if not dataset_names:
         raise ValueError("no data sets to extract: give --datasets or set DATASETS.TRAIN")
     for name in dataset_names:
+        if name not in DatasetCatalog.list():
+            known = sorted(n for n in DatasetCatalog.list() if getattr(MetadataCatalog.get(n), "evaluator_type", None) == "captions")
+            raise ValueError(f"data set {name!r} is not registered; registered caption sets: {known}")
         evaluator_type = getattr(MetadataCatalog.get(name), "evaluator_type", None)
         if evaluator_type != "captions":
             raise ValueError(
