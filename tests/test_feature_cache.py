@@ -302,8 +302,11 @@ def test_existing_folders_are_not_overwritten(setup, tmp_path):
     with pytest.raises(SystemExit, match="pass --overwrite"):
         setup["tool"].main(args)
     assert open(manifest_path).read() == before
-    write_feature_cache(model, cfg, [DATASET], cache, overwrite=True, batch_size=5, progress=False)
+    old_heads = np.load(os.path.join(cache, DATASET, "head_embeddings.npy"))
+    write_feature_cache(model, cfg, [DATASET], cache, overwrite=True, batch_size=5, num_workers=1, progress=False)
     assert json.load(open(manifest_path))["datasets"][DATASET]["num_images"] == NUM_IMAGES
+    # other batching, images read in a worker process: the same features
+    np.testing.assert_allclose(np.load(os.path.join(cache, DATASET, "head_embeddings.npy")), old_heads, rtol=1e-6, atol=1e-7)
     assert sorted(os.listdir(tmp_path)) == ["cache", "mine"]  # no temporary folder left behind
     # a failed extraction leaves the old cache and no temporary folder
     with pytest.raises(ValueError, match="'no_such_set' is not registered; registered caption sets: .*ovseg_shapes_train_captions"):

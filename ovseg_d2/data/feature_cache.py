@@ -392,6 +392,16 @@ def _prepare_output(output: str, overwrite: bool) -> None:
                 )
 
 
+class _MapBatch:
+    """Collate function of the extraction loader: the caption mapper over a batch (in the workers)."""
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+
+    def __call__(self, batch: list[dict]) -> list[dict]:
+        return [self.mapper(d) for d in batch]
+
+
 def _batches(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -487,7 +497,7 @@ def write_feature_cache(
                 shape=(len(image_list), manifest["heads"], manifest["vision_dim"]),
             )
             loader = torch.utils.data.DataLoader(
-                image_list, batch_size=batch_size, num_workers=num_workers, collate_fn=lambda batch: [mapper(d) for d in batch]
+                image_list, batch_size=batch_size, num_workers=num_workers, collate_fn=_MapBatch(mapper)
             )
             row = 0
             for batch in tqdm(loader, desc=f"{name}: DINOv2", unit="batch", disable=not progress):
