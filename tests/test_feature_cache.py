@@ -220,16 +220,23 @@ def _train(cfg, tmp_path):
     cfg.OUTPUT_DIR = str(tmp_path)
     trainer = OvsegTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    trainer.train()
+    trainer.results = trainer.train()
     return trainer
 
 
 def test_training_from_cache_equals_training_from_images(setup, tmp_path):
-    """Three iterations through OvsegTrainer, from images and from the cache: same ψ after."""
+    """Three iterations through OvsegTrainer, from images and from the cache, then retrieval on the
+    cached set (from the cache in the second run): same ψ and same metrics."""
     files = setup["files"]
-    common = {"SOLVER.IMS_PER_BATCH": "4", "SOLVER.MAX_ITER": "3", "SOLVER.WARMUP_ITERS": "0", "SOLVER.BASE_LR": "0.01"}
+    common = {
+        "SOLVER.IMS_PER_BATCH": "4", "SOLVER.MAX_ITER": "3", "SOLVER.WARMUP_ITERS": "0", "SOLVER.BASE_LR": "0.01",
+        "DATASETS.TEST": f"('{DATASET}',)",
+    }
     images = _train(_cfg(files, **common), tmp_path / "images")
     cached = _train(_cfg(files, **common, **{"INPUT.CAPTION.FEATURE_CACHE_DIR": setup["cache"]}), tmp_path / "cache")
+    retrieval_images, retrieval_cache = images.results["retrieval"], cached.results["retrieval"]
+    assert retrieval_images["num_captions"] == len(setup["dicts"])
+    assert retrieval_cache == pytest.approx(retrieval_images)
     moved = False
     start = _model(_cfg(files)).projection.state_dict()
     for (name, a), b in zip(images.model.projection.state_dict().items(), cached.model.projection.state_dict().values()):
@@ -269,6 +276,14 @@ def test_changed_data_set_other_size_and_missing_set_are_refused(setup):
     finally:
         _register_subset(DATASET, setup["dicts"])
     CaptionDatasetMapper(cfg, [DATASET], is_train=True)  # restored: accepted again
+    # two cached sets sharing image ids cannot be looked up together
+    overlap = "ovseg_feature_cache_test_overlap"
+    _register_subset(overlap, setup["dicts"][:3])
+    both = str(setup["root"] / "both")
+    write_feature_cache(_model(cfg), cfg, [DATASET, overlap], both, progress=False)
+    with pytest.raises(FeatureCacheError, match=f"image id .* is in both '{DATASET}' and '{overlap}'"):
+        FeatureCacheReader(both, [DATASET, overlap])
+    FeatureCacheReader(both, [overlap])  # one at a time is fine
     other_size = _cfg(setup["files"], **{"INPUT.CAPTION.FEATURE_CACHE_DIR": setup["cache"], "INPUT.CAPTION.IMAGE_SIZE": "42"})
     with pytest.raises(FeatureCacheError, match="56-px images, but INPUT.CAPTION.IMAGE_SIZE is 42"):
         CaptionDatasetMapper(other_size, [DATASET], is_train=True)
