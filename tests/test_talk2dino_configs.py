@@ -121,3 +121,34 @@ def test_quickstart_trains_two_iterations_on_shapes_captions(shapes_root, tmp_pa
     assert moved == PSI and len(losses) == 2 and all(np.isfinite(losses))
     retrieval = results["retrieval"] if "retrieval" in results else results["ovseg_shapes_val_captions"]["retrieval"]
     assert (retrieval["num_images"], retrieval["num_captions"]) == (48, 144)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_released_psi_file_loads_into_the_vitb_model_by_value(tmp_path, legacy, shapes_root):
+    """MODEL.WEIGHTS <released psi .pth> (CUDA-saved plain state dict; older files say linear_layer2.*)
+    fills the real-width model's projection, and the class embeddings use it."""
+    from detectron2.modeling import build_model
+
+    from ovseg_d2.checkpoint import build_checkpointer
+
+    g = torch.Generator().manual_seed(3)
+    second = "linear_layer2" if legacy else "hidden_layers.0"
+    released = {
+        "linear_layer.weight": torch.randn(768, 512, generator=g) * 0.05, "linear_layer.bias": torch.randn(768, generator=g),
+        f"{second}.weight": torch.randn(768, 768, generator=g) * 0.05, f"{second}.bias": torch.randn(768, generator=g),
+    }
+    path = tmp_path / "vitb_mlp_infonce.pth"
+    torch.save(released, path)
+    cfg = quickstart_cfg("configs/talk2dino_vitb.yaml", *SMALL, "MODEL.WEIGHTS", str(path), "DATASETS.TEST", "()")
+    model = build_model(cfg).eval()
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("projection.")}
+    build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
+    p = model.projection
+    assert torch.equal(p.linear_layer.weight, released["linear_layer.weight"]) and torch.equal(p.linear_layer.bias, released["linear_layer.bias"])
+    assert torch.equal(p.hidden_layers[0].weight, released[f"{second}.weight"]) and torch.equal(p.hidden_layers[0].bias, released[f"{second}.bias"])
+    assert all(torch.equal(v, frozen[k]) for k, v in model.state_dict().items() if k in frozen)
+    with torch.no_grad():
+        raw = model.text_encoder(["apple"], device=torch.device("cpu")).mean(dim=1)  # 7 templates averaged raw
+        hidden = torch.tanh(raw @ released["linear_layer.weight"].T + released["linear_layer.bias"])
+        expected = torch.nn.functional.normalize(hidden @ released[f"{second}.weight"].T + released[f"{second}.bias"], dim=-1)
+        torch.testing.assert_close(model.class_embeddings(["apple"]), expected, rtol=1e-5, atol=1e-6)
