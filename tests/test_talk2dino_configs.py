@@ -152,3 +152,18 @@ def test_released_psi_file_loads_into_the_vitb_model_by_value(tmp_path, legacy, 
         hidden = torch.tanh(raw @ released["linear_layer.weight"].T + released["linear_layer.bias"])
         expected = torch.nn.functional.normalize(hidden @ released[f"{second}.weight"].T + released[f"{second}.bias"], dim=-1)
         torch.testing.assert_close(model.class_embeddings(["apple"]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_semantic_test_images_reach_the_model_at_their_original_size(shapes_root):
+    """INPUT.MIN_SIZE_TEST 0: no mapper resize before the model's own keep-ratio resize to 448
+    (detectron2's default 800 would resize twice)."""
+    from detectron2.data import DatasetCatalog
+
+    from ovseg_d2.data.mappers import build_dataset_mapper
+
+    register_all()
+    cfg = quickstart_cfg("configs/talk2dino_vitb.yaml")
+    assert cfg.INPUT.MIN_SIZE_TEST == 0
+    record = DatasetCatalog.get("ovseg_shapes_val_sem_seg")[0]
+    out = build_dataset_mapper(cfg, ["ovseg_shapes_val_sem_seg"], is_train=False)(record)
+    assert tuple(out["image"].shape[-2:]) == (record["height"], record["width"]) == (128, 128)
