@@ -281,3 +281,18 @@ def test_bad_inputs_are_named(model, registered):
         trainable([{"image": image(112, 112, 0)}, {"image": image(112, 112, 1)}])
     with pytest.raises(ValueError, match="multiple of DINOv2's patch size"):
         build("MODEL.TALK2DINO.WINDOW", "100")
+
+
+def test_pamr_refines_the_upsampled_window_maps_guided_by_the_raw_window(registered):
+    """PAMR (1 iteration, dilations 1 and 2 to keep the loop reference short) after upsampling,
+    guided by the window's RGB 0-255 pixels; the background channel is added after it."""
+    from .test_talk2dino_pamr import slow_pamr
+
+    refined = build("MODEL.TALK2DINO.PAMR", "True", "MODEL.TALK2DINO.PAMR_ITERATIONS", "1", "MODEL.TALK2DINO.PAMR_DILATIONS", "[1, 2]").eval()
+    img = image(112, 112, 10)
+    (out,) = run(refined, {"image": img, "vocabulary": ["background"] + NAMES, "background_by_threshold": True})
+    maps = window_map_by_hand(refined, img.float(), class_text(refined, NAMES))
+    expected = torch.tensor(slow_pamr(maps.double().tolist(), img.double().tolist(), 1, [1, 2])).float()
+    assert torch.all(out[0] == 0.55)
+    torch.testing.assert_close(out[1:], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out[1:], maps, atol=1e-4)
