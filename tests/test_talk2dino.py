@@ -296,3 +296,15 @@ def test_pamr_refines_the_upsampled_window_maps_guided_by_the_raw_window(registe
     assert torch.all(out[0] == 0.55)
     torch.testing.assert_close(out[1:], expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(out[1:], maps, atol=1e-4)
+
+
+def test_bgr_input_is_swapped_to_rgb(model, registered):
+    """INPUT.FORMAT BGR (mmseg-style decoding): the model swaps to RGB, so DINOv2 sees the same
+    pixels as with RGB input (the reference demo feeds BGR to DINOv2; we do not)."""
+    bgr = build("INPUT.FORMAT", "BGR").eval()
+    img = image(112, 140, 11)
+    (from_bgr,) = run(bgr, {"image": img.flip(0), "vocabulary": NAMES})
+    (from_rgb,) = run(model, {"image": img, "vocabulary": NAMES})
+    torch.testing.assert_close(from_bgr, from_rgb, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs RGB or BGR"):
+        build("INPUT.FORMAT", "L")
