@@ -141,6 +141,7 @@ def add_ovseg_config(cfg: CN) -> CN:
     # ---- Evaluation
     _C.TEST.EVAL_BEFORE_TRAIN = False  # evaluate once before the first iteration and print a before/after table
     _C.TEST.PRECISION = "float32"  # OpenVocabPredictor / tools/demo.py: float32 | bfloat16 (autocast, CPU or CUDA) | float16 (autocast, CUDA)
+    _C.TEST.SUITE = ""  # suite(s)/data sets, comma-separated, that tools/eval_all.py runs without --suite/--datasets and train_net.py --eval-only runs instead of DATASETS.TEST ("": off)
     _C.TEST.SAVE_PREDICTIONS = False  # write predicted label PNGs under OUTPUT_DIR/inference/<dataset>/
 
     # ---- Checkpointing
