@@ -146,3 +146,31 @@ def test_quickstart_chain_baseline_to_clipself_to_catseg_and_baseline(tmp_path, 
             torch.testing.assert_close(other.backbone(images)["dense"], student(images)["dense"], rtol=1e-5, atol=1e-5)
     # the hook's ensembled file loads the same way
     CATSeg(quickstart_cfg("configs/quickstart/catseg_tiny_clipself.yaml", "MODEL.CLIP.PRETRAINED", str(export)))
+
+
+def test_make_clipself_quickstart_chains_the_steps_into_a_fresh_folder():
+    """`make -n clipself-quickstart`: baseline -> export -> CLIPSelf on that export -> export -> eval
+    of the exported file, all under one new time-stamped folder (setup not re-run here)."""
+    import re
+    import shutil
+    import subprocess
+
+    from .conftest import REPO_ROOT
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", "-o", ".venv/.ovseg_d2_setup_stamp", "clipself-quickstart", "CLIPSELF_CATSEG=1"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    root = re.search(r"OUTPUT_DIR (output/quickstart/clipself_from_baseline/\d{8}-\d{6})/baseline", out).group(1)
+    steps = [line for line in out.splitlines() if "tools/" in line]
+    want = [
+        ("train_net.py", "baseline_maskclip_tiny.yaml", f"OUTPUT_DIR {root}/baseline"),
+        ("export_clip.py", f"{root}/baseline/config.yaml", f"--output {root}/baseline_clip.pt"),
+        ("train_net.py", "clipself_tiny_from_baseline.yaml", f"MODEL.CLIP.PRETRAINED {root}/baseline_clip.pt OUTPUT_DIR {root}/clipself"),
+        ("export_clip.py", f"{root}/clipself/model_final.pth", f"--output {root}/clipself_clip.pt"),
+        ("train_net.py", "--eval-only", f"MODEL.CLIP.PRETRAINED {root}/clipself_clip.pt"),
+        ("train_net.py", "catseg_tiny_clipself.yaml", f"MODEL.CLIP.PRETRAINED {root}/clipself_clip.pt OUTPUT_DIR {root}/catseg"),
+    ]
+    assert len(steps) == len(want)
+    for line, parts in zip(steps, want):
+        assert all(p in line for p in parts), (line, parts)
