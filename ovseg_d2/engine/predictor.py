@@ -170,8 +170,10 @@ class OpenVocabPredictor:
         background: Optional[bool] = None,
         scores_at: str = "input",
     ) -> list[dict]:
-        """Predict many images with one vocabulary, ``batch_size`` images per model call (the
-        text embeddings are computed once). Returns one dict per image, in order."""
+        """Predict many images with one vocabulary, up to ``batch_size`` images per model call
+        (images of the same working size are batched together; the text embeddings are computed
+        once). Each result equals that of ``predictor(image, vocabulary)``. Returns one dict per
+        image, in order."""
         if scores_at not in ("input", "working"):
             raise ValueError(f"scores_at must be 'input' or 'working', got {scores_at!r}")
         if batch_size < 1:
@@ -190,9 +192,18 @@ class OpenVocabPredictor:
 
     def _predict_arrays(self, arrays, names, synonyms, use_background, scores_at) -> list[dict]:
         inputs = [self._model_input(a, names, use_background, scores_at) for a in arrays]
+        # Only images of the same working size share a model call: a meta-architecture that pads
+        # a batch to a common size (the baseline) would otherwise let padding tokens change the
+        # scores, and an image's result would depend on the other images of its batch.
+        by_size: dict[tuple, list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_size.setdefault(tuple(x["image"].shape), []).append(i)
+        outputs: list = [None] * len(inputs)
         dtype = PRECISIONS[self.precision]
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            outputs = self.model(inputs)
+            for indices in by_size.values():
+                for i, output in zip(indices, self.model([inputs[i] for i in indices])):
+                    outputs[i] = output
         results = []
         for array, output in zip(arrays, outputs):
             scores = output["sem_seg"].float()
