@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from .conftest import REPO_ROOT
-from .test_predictor import TALK2DINO_TINY
+from .tiny_configs import TALK2DINO_TINY
 
 BASELINE = "configs/quickstart/baseline_maskclip_tiny.yaml"
 CATSEG = "configs/quickstart/catseg_tiny.yaml"

@@ -23,6 +23,7 @@ from ovseg_d2.data.datasets.builtin_shapes import render_shapes_sample
 from ovseg_d2.visualization import class_colors
 
 from .conftest import REPO_ROOT, quickstart_cfg
+from .tiny_configs import CONFIGS
 
 CONFIG = os.path.join(REPO_ROOT, "configs/quickstart/baseline_maskclip_tiny.yaml")
 VOCABULARY = "red circle; green triangle, triangle; sand background; water background"
@@ -55,11 +56,12 @@ def reference(weights):
     return OpenVocabPredictor(quickstart_cfg(CONFIG, "MODEL.WEIGHTS", weights))
 
 
-def run_demo(capsys, weights, inputs, output, *extra, vocabulary=VOCABULARY):
-    argv = ["--config-file", CONFIG, "--input", *map(str, inputs), "--output", str(output)]
+def run_demo(capsys, weights, inputs, output, *extra, vocabulary=VOCABULARY, config=CONFIG, opts=()):
+    argv = ["--config-file", config, "--input", *map(str, inputs), "--output", str(output)]
     if vocabulary is not None:
         argv += ["--vocabulary", vocabulary]
-    status = demo.main(argv + list(extra) + ["--opts", "MODEL.WEIGHTS", weights])
+    opts = (["MODEL.WEIGHTS", weights] if weights else []) + list(opts)
+    status = demo.main(argv + list(extra) + (["--opts", *opts] if opts else []))
     return status, capsys.readouterr().err
 
 
@@ -108,6 +110,25 @@ def test_outputs_overlay_labels_and_fractions(tmp_path, capsys, weights, referen
     # painted pixels: the image is not left as it was wherever a class is drawn
     upscaled = np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)
     assert np.abs(overlay[:, :512].astype(int) - upscaled).mean() > 5
+
+
+@pytest.mark.parametrize("meta_arch", ["CATSeg", "Talk2DINO"])
+def test_every_meta_architecture(meta_arch, tmp_path, capsys):
+    """CAT-Seg and Talk2DINO (tiny, random) through the demo: Talk2DINO scores background by
+    threshold by default, so label 0 is "background"; labels and fractions agree."""
+    config, overrides = CONFIGS[meta_arch]
+    Image.fromarray(shapes_image(0)).save(tmp_path / "a.png")
+    status, err = run_demo(capsys, None, [tmp_path / "a.png"], tmp_path / "out", config=os.path.join(REPO_ROOT, config), opts=overrides)
+    assert status == 0, err
+    summary = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert summary["meta_architecture"] == meta_arch
+    assert summary["vocabulary"] == (["background"] if meta_arch == "Talk2DINO" else []) + NAMES
+    assert summary["background_by_threshold"] is (meta_arch == "Talk2DINO")
+    labels = read_labels(tmp_path / "out" / "a_labels.png")
+    assert labels.shape == (128, 128)
+    fractions = np.array(list(summary["pixel_fractions"].values()))
+    np.testing.assert_allclose(fractions, np.bincount(labels.ravel(), minlength=len(fractions)) / labels.size, rtol=0, atol=1e-12)
+    assert Image.open(tmp_path / "out" / "a_overlay.png").size[1] == 512
 
 
 def test_background_by_threshold_label_zero(tmp_path, capsys, weights):
