@@ -6,7 +6,7 @@ SETUP_INPUTS := requirements.txt constraints.txt setup.py tools/setup_env.sh too
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup quickstart test clean-venv
+.PHONY: setup quickstart quicktour test clean-venv
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ QUICKSTART_OUT ?= output/quickstart/$(basename $(notdir $(QUICKSTART_CONFIG)))/$
 
 quickstart: setup
 	$(PY) tools/train_net.py --config-file $(QUICKSTART_CONFIG) OUTPUT_DIR $(QUICKSTART_OUT)
+
+# The quickstart model (the newest earlier run, else a fresh one) segments a built-in image with a
+# vocabulary via tools/demo.py; the picture goes to a new output/quicktour/<time>/ folder.
+quicktour: setup
+	$(PY) tools/quicktour.py
 
 test: setup
 	$(PY) -m pytest -q tests
