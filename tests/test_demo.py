@@ -178,6 +178,20 @@ def test_bad_vocabulary_stops_before_any_image(tmp_path, capsys, weights, vocabu
     assert not (tmp_path / "out").exists()
 
 
+def test_bad_config_or_weights_exit_2(tmp_path, capsys, weights):
+    Image.fromarray(shapes_image(0)).save(tmp_path / "good.png")
+    for opts, expected in [
+        (["MODEL.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
+        (["MODEL.DEVICE"], "[demo] error"),  # an odd number of overrides
+        (["MODEL.WEIGHTS", str(tmp_path / "missing.pth")], "cannot build the model"),
+        (["MODEL.META_ARCHITECTURE", "NoSuchArch"], "NoSuchArch"),
+    ]:
+        status, err = run_demo(capsys, None, [tmp_path / "good.png"], tmp_path / "out", opts=opts)
+        assert status == demo.EXIT_USAGE and expected in err, (opts, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_vocabulary_file(tmp_path, capsys, weights):
     Image.fromarray(shapes_image(0)).save(tmp_path / "good.png")
     (tmp_path / "names.txt").write_text("# shapes\nred circle\n\ngreen triangle; triangle\n")

@@ -257,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg.merge_from_list(args.opts)
         vocabulary = read_vocabulary(args.vocabulary, args.vocabulary_file)
         parse_vocabulary(vocabulary, cfg.MODEL.TEXT.SYNONYMS)  # empty names and duplicates: before the model is built
-    except (UsageError, ValueError, KeyError, OSError) as e:
+    except (UsageError, ValueError, KeyError, OSError, AssertionError) as e:  # AssertionError: an odd number of --opts
         print(f"[demo] error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -271,8 +271,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         predictor = OpenVocabPredictor(cfg, device=args.device, precision=args.precision)
         names = predictor.parse_vocabulary(vocabulary, background)[0]
-    except ValueError as e:
-        print(f"[demo] error: {e}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as e:  # bad settings, unknown registry names, unreadable MODEL.WEIGHTS
+        print(f"[demo] error: cannot build the model from {args.config_file}: {e}", file=sys.stderr)
         return EXIT_USAGE
     Image.MAX_IMAGE_PIXELS = None  # checked below, with a message naming the option
     settings = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS, "meta_architecture": cfg.MODEL.META_ARCHITECTURE, "precision": predictor.precision}
@@ -294,7 +294,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         try:
             image_rgb = read_image_rgb(job.path)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, MemoryError) as e:
             fail(f"{job.path}: {e}")
             failed += 1
             continue
@@ -305,14 +305,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         array = image_rgb[..., ::-1].copy() if predictor.input_format == "BGR" else image_rgb
         try:
             result = predictor(array, vocabulary, background=background, scores_at=scores_at)
-        except RuntimeError as e:  # e.g. out of memory on one huge image: the others still run
-            fail(f"{job.path}: prediction failed: {e}")
+        except (RuntimeError, MemoryError) as e:  # e.g. out of memory on one huge image: the others still run
+            fail(f"{job.path}: prediction failed: {e or type(e).__name__}; try --scores-at working or a smaller INPUT.MAX_SIZE_TEST")
             failed += 1
             continue
         try:
             write_outputs(job, image_rgb, result, names, {**settings, "scores_at": scores_at}, args.overlay_max_size)
-        except OSError as e:
-            fail(f"{job.path}: cannot write its outputs: {e}")
+        except (OSError, MemoryError) as e:
+            fail(f"{job.path}: cannot write its outputs: {e or type(e).__name__}")
             failed += 1
             continue
         written += 1

@@ -100,8 +100,11 @@ class OpenVocabPredictor:
         if self.precision == "float16" and self.device.type != "cuda":
             raise ValueError(f"float16 inference needs CUDA (device is {self.device}); use bfloat16 or float32")
         self.model = build_model(self.cfg).eval()
-        if self.cfg.MODEL.WEIGHTS:
-            build_checkpointer(self.cfg, self.model).load(self.cfg.MODEL.WEIGHTS)
+        weights = self.cfg.MODEL.WEIGHTS
+        if weights:
+            if "://" not in weights and not os.path.isfile(weights):  # fvcore would only assert
+                raise FileNotFoundError(f"MODEL.WEIGHTS {weights}: no such file; give the path of a trained model (.pth) or '' for the config's own weights")
+            build_checkpointer(self.cfg, self.model).load(weights)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={self.input_format!r}: the predictor reads RGB or BGR images")
