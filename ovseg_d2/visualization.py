@@ -67,7 +67,8 @@ def draw_segmentation_overlay(
     height, width = _working_size(*labels.shape, min_size, max_size)
     if (height, width) != labels.shape:
         image_rgb = np.asarray(Image.fromarray(image_rgb).resize((width, height), Image.BILINEAR if height < labels.shape[0] else Image.NEAREST))
-        labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize((width, height), Image.NEAREST))
+        small = labels if labels.dtype in (np.uint8, np.uint16) else labels.astype(np.int32)  # no copy for 1-2 byte labels
+        labels = np.asarray(Image.fromarray(small).resize((width, height), Image.NEAREST))
     colors = class_colors(len(names))
     fractions = pixel_fractions(labels, len(names))
     present = [int(k) for k in np.argsort(-fractions, kind="stable") if fractions[k] > 0]

@@ -131,6 +131,21 @@ def test_every_meta_architecture(meta_arch, tmp_path, capsys):
     assert Image.open(tmp_path / "out" / "a_overlay.png").size[1] == 512
 
 
+def test_more_than_256_classes_give_16_bit_labels(tmp_path, capsys, weights, reference):
+    image = shapes_image(0)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    names = NAMES + [f"thing number {i}" for i in range(300)]
+    status, err = run_demo(capsys, weights, [tmp_path / "a.png"], tmp_path / "out", "--overlay-max-size", "600",
+                           vocabulary="; ".join(names))
+    assert status == 0, err
+    with Image.open(tmp_path / "out" / "a_labels.png") as png:
+        assert png.mode.startswith("I")  # 16-bit
+        labels = np.asarray(png).astype(np.int64)
+    np.testing.assert_array_equal(labels, reference(image, names)["labels"].numpy())
+    summary = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert len(summary["pixel_fractions"]) == 304 and abs(sum(summary["pixel_fractions"].values()) - 1) < 1e-9
+
+
 def test_background_by_threshold_label_zero(tmp_path, capsys, weights):
     Image.fromarray(shapes_image(1)).save(tmp_path / "a.png")
     status, err = run_demo(capsys, weights, [tmp_path / "a.png"], tmp_path / "out", "--background", "on",

@@ -182,8 +182,8 @@ def write_outputs(job: Job, image_rgb, result: dict, names: list[str], settings:
     from ovseg_d2.checkpoint import atomic_write
     from ovseg_d2.visualization import draw_segmentation_overlay, pixel_fractions
 
-    labels = result["labels"].cpu().numpy()
     dtype = np.uint8 if len(names) <= UINT8_MAX_CLASSES else np.uint16
+    labels = result["labels"].cpu().numpy().astype(dtype)  # 1-2 bytes per pixel from here on
     background_index = 0 if "background" in result else None
     overlay = draw_segmentation_overlay(image_rgb, labels, names, background_index=background_index, max_size=overlay_max_size)
     fractions = pixel_fractions(labels, len(names))
@@ -209,7 +209,7 @@ def write_outputs(job: Job, image_rgb, result: dict, names: list[str], settings:
         info.add_text("Software", GENERATOR)
         return info
 
-    atomic_write(job.outputs["labels"], lambda f: Image.fromarray(labels.astype(dtype)).save(f, format="PNG", pnginfo=marked("labels")))
+    atomic_write(job.outputs["labels"], lambda f: Image.fromarray(labels).save(f, format="PNG", pnginfo=marked("labels")))
     atomic_write(job.outputs["overlay"], lambda f: Image.fromarray(overlay).save(f, format="PNG", optimize=True, pnginfo=marked("overlay")))
     atomic_write(job.outputs["json"], lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
 
