@@ -29,6 +29,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_attention import TRAINABLE_CHOICES, select_tower_parameters, split_all_attention_
+from .clip_text_trim import encode_text_trimmed
 from .open_clip_loading import build_open_clip_model
 
 __all__ = ["OpenCLIPBackbone", "resize_clip_position_embedding", "DENSE_LAST_BLOCK_MODES"]
@@ -217,7 +218,7 @@ class OpenCLIPBackbone(Backbone):
     # ------------------------------------------------------------------ text side
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text embeddings N x C (EOT token, ln_final, text_projection; not normalised)."""
-        return self.clip.encode_text(tokens, normalize=False)
+        return encode_text_trimmed(self.clip, tokens)  # = clip.encode_text, over the prompt tokens only
 
     def text_parameters(self) -> list[nn.Parameter]:
         """Every parameter that text embeddings depend on (for cache fingerprints)."""
