@@ -14,8 +14,10 @@ CATSEG = "configs/quickstart/catseg_tiny.yaml"
 SMALL = ["--image-size", "64x96", "--repeats", "1", "--batch-images", "2", "--batch-size", "2"]
 
 
-def run_benchmark(*args, timeout=600):
+def run_benchmark(*args, timeout=600, tmpdir=None):
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)  # where the per-measurement text caches go
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark.py"), *args],
                             capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -23,10 +25,11 @@ def run_benchmark(*args, timeout=600):
     return result, records, table
 
 
-def test_predictor_mode_per_meta_architecture():
+def test_predictor_mode_per_meta_architecture(tmp_path):
     result, records, table = run_benchmark("--mode", "predictor", "--config-file", BASELINE, "--config-file", CATSEG,
-                                           "--classes", "3", *SMALL)
+                                           "--classes", "3", *SMALL, tmpdir=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert os.listdir(tmp_path) == []  # the temporary text caches are removed
     assert [(r["meta_architecture"], r["measurement"]) for r in records] == [
         (arch, kind) for arch in ("MaskCLIPBaseline", "CATSeg") for kind in ("cold", "warm", "warm_disk", "batched")
     ]

@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-weights", action="store_true", help="load the config's real weights")
     parser.add_argument("--timeout", type=float, default=0, help="seconds per vocabulary size (0: no limit)")
     parser.add_argument("--num-classes", type=int, default=0, help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--text-cache-dir", default="", help=argparse.SUPPRESS)  # child mode: a fresh folder made by the parent
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... (applied to every config)")
     return parser
 
@@ -282,6 +283,9 @@ def main(argv=None) -> int:
         print("error: --repeats and --batch-size must be at least 1", file=sys.stderr)
         return 2
     if args.num_classes:  # child: one config, one vocabulary size
+        if not args.text_cache_dir:
+            print("error: --num-classes is internal (the parent process passes --text-cache-dir)", file=sys.stderr)
+            return 2
         import torch
 
         import ovseg_d2  # noqa: F401
@@ -290,12 +294,9 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         args.config = args.config_file[0] if args.config_file else ""
         # a fresh persistent text cache per measurement: the first call is cold whatever earlier
-        # runs left in the user's cache, and that cache is not touched
-        cache_dir = tempfile.mkdtemp(prefix="ovseg_d2_benchmark_text_cache_")
-        try:
-            rows = measure_predictor(args, cache_dir) if args.mode == "predictor" else measure_eval(args, cache_dir)
-        finally:
-            shutil.rmtree(cache_dir, ignore_errors=True)
+        # runs left in the user's cache, and that cache is not touched (the parent made the
+        # folder and removes it, even when it had to kill this process)
+        rows = measure_predictor(args, args.text_cache_dir) if args.mode == "predictor" else measure_eval(args, args.text_cache_dir)
         for row in rows:
             print(json.dumps(row), flush=True)
         return 0
@@ -314,13 +315,16 @@ def main(argv=None) -> int:
                      "--dtype", args.dtype, "--threads", str(args.threads)]
             child += ["--config-file", config] if config else []
             child += ["--keep-weights"] if args.keep_weights else []
-            child += list(args.opts)
+            cache_dir = tempfile.mkdtemp(prefix="ovseg_d2_benchmark_text_cache_")
+            child += ["--text-cache-dir", cache_dir] + list(args.opts)
             try:
                 result = subprocess.run(child, capture_output=True, text=True, env=env, timeout=args.timeout or None)
                 lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
                 error = None if result.returncode == 0 and lines else (result.stderr.strip().splitlines() or ["no output"])[-1]
             except subprocess.TimeoutExpired:
                 lines, error = [], f"over --timeout {args.timeout:g} s"
+            finally:
+                shutil.rmtree(cache_dir, ignore_errors=True)
             if error:
                 failed += 1
                 print(json.dumps({"mode": args.mode, "config": config or "(package defaults)", "classes": n, "error": error}), flush=True)
