@@ -58,6 +58,7 @@ def test_talk2dino_sliding_window_eval_and_predictor():
         assert r["windows"] == 2 and r["repeats"] == 1
         assert r["latency_s_median"] >= 0 and r["first_call_s"] >= 0 and r["peak_memory_mib"] > 0
     assert table[0].startswith("| model | config | device | dtype | image | classes | latency (s, median)") and len(table) == 4
+    assert table[0].endswith("| windows |") and table[2].endswith("| 2 |")
 
     result, records, table = run_benchmark("--mode", "predictor", "--config-file", BASELINE, "--classes", "3", *SMALL, *TALK2DINO_TINY)
     assert result.returncode == 0, result.stderr

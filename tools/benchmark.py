@@ -221,14 +221,17 @@ def table(rows: list[dict]) -> str:
     eval_rows = [r for r in rows if r.get("measurement") == "eval"]
     lines = []
     if eval_rows:
+        windows = any("windows" in r for r in eval_rows)  # sliding-window models: windows per image
         lines += [
-            "| model | config | device | dtype | image | classes | latency (s, median) | first call (s) | peak memory (MiB) |",
-            "|---|---|---|---|---|---:|---:|---:|---:|",
+            "| model | config | device | dtype | image | classes | latency (s, median) | first call (s) | peak memory (MiB) |"
+            + (" windows |" if windows else ""),
+            "|---|---|---|---|---|---:|---:|---:|---:|" + ("---:|" if windows else ""),
         ]
         for r in eval_rows:
             lines.append(
                 f"| {r['meta_architecture']} | {r['config']} | {r['device']} | {r['dtype']} | {r['image']} | {r['classes']} | "
                 f"{r['latency_s_median']:.3f} | {r['first_call_s']:.3f} | {r['peak_memory_mib']:.0f} |"
+                + (f" {r.get('windows', 'n/a')} |" if windows else "")
             )
     groups: dict[tuple, dict] = {}
     for r in rows:
