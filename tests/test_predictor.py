@@ -107,15 +107,19 @@ def test_declared_background_property_is_the_default(shapes_root, monkeypatch):
     assert "background" not in predictor(random_image(), NAMES, background=False)
 
 
-def test_image_sources_and_bgr_format(tmp_path, shapes_root):
+@pytest.mark.parametrize("meta_arch", sorted(CONFIGS))
+def test_image_sources_and_bgr_format(meta_arch, tmp_path, shapes_root):
+    """Paths, PIL images and arrays give the same scores; an INPUT.FORMAT BGR model reads files
+    as BGR and takes BGR arrays (Talk2DINO's reference demo fed BGR where RGB was expected)."""
     image = random_image()
-    predictor = make_predictor("MaskCLIPBaseline")
+    predictor = make_predictor(meta_arch)
     from_array = predictor(image, NAMES)["sem_seg"]
     Image.fromarray(image).save(tmp_path / "x.png")
     torch.testing.assert_close(predictor(str(tmp_path / "x.png"), NAMES)["sem_seg"], from_array, rtol=0, atol=0)
     torch.testing.assert_close(predictor(tmp_path / "x.png", NAMES)["sem_seg"], from_array, rtol=0, atol=0)
     torch.testing.assert_close(predictor(Image.fromarray(image), NAMES)["sem_seg"], from_array, rtol=0, atol=0)
-    bgr = make_predictor("MaskCLIPBaseline", "INPUT.FORMAT", "BGR")
+    assert not torch.equal(predictor(image[..., ::-1].copy(), NAMES)["sem_seg"], from_array)  # channel order matters
+    bgr = make_predictor(meta_arch, "INPUT.FORMAT", "BGR")
     torch.testing.assert_close(bgr(image[..., ::-1].copy(), NAMES)["sem_seg"], from_array, rtol=0, atol=0)
     torch.testing.assert_close(bgr(str(tmp_path / "x.png"), NAMES)["sem_seg"], from_array, rtol=0, atol=0)
 
