@@ -43,9 +43,12 @@ def test_predictor_mode_per_meta_architecture(tmp_path):
     calls = {(r["meta_architecture"], r["measurement"]): r.get("text_encoder_calls") for r in records}
     for arch in ("MaskCLIPBaseline", "CATSeg"):
         assert calls[arch, "cold"] == 1  # the first vocabulary is encoded ...
+        cold = next(r for r in records if (r["meta_architecture"], r["measurement"]) == (arch, "cold"))
+        assert 0 < cold["text_encoder_s"] <= cold["latency_s"]
         assert calls[arch, "warm"] == 0  # ... then comes from the in-memory cache ...
         assert calls[arch, "warm_disk"] == 0  # ... and, for a second instance, from the disk cache
     assert table[0].startswith("| model | config | device | dtype | image | classes | cold (s) | warm (s) | warm from disk (s)")
+    assert table[0].endswith("| text encoder in cold (s) |")
     assert len(table) == 2 + 2 and "| MaskCLIPBaseline |" in table[2] and "| CATSeg |" in table[3]
 
 
