@@ -1,4 +1,4 @@
-# Two entry points (see README): `make quickstart` and `make test`. Both set up .venv first.
+# Entry points (see README): `make quickstart`, `make quicktour`, `make test` and `make clipself-quickstart`. All set up .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ovseg_d2_setup_stamp
@@ -6,7 +6,7 @@ SETUP_INPUTS := requirements.txt constraints.txt setup.py tools/setup_env.sh too
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup quickstart quicktour test clean-venv
+.PHONY: setup quickstart quicktour clipself-quickstart test clean-venv
 
 setup: $(STAMP)
 
@@ -26,6 +26,26 @@ quickstart: setup
 # vocabulary via tools/demo.py; the picture goes to a new output/quicktour/<time>/ folder.
 quicktour: setup
 	$(PY) tools/quicktour.py
+
+# CLIPSelf from a trained tiny CLIP (README, CLIPSelf): train the baseline quickstart, export its
+# CLIP, distil it with CLIPSelf (region classification before/after), export the distilled CLIP,
+# evaluate that exported (weight-ensembled) file. All under one fresh time-stamped folder.
+# CLIPSELF_CATSEG=1 also trains configs/quickstart/catseg_tiny_clipself.yaml on the export.
+ifndef CLIPSELF_QUICKSTART_OUT
+CLIPSELF_QUICKSTART_OUT := output/quickstart/clipself_from_baseline/$(shell date +%Y%m%d-%H%M%S)
+endif
+CLIPSELF_CATSEG ?= 0
+CQ := $(CLIPSELF_QUICKSTART_OUT)
+
+clipself-quickstart: setup
+	@if [ -e $(CQ) ]; then echo "$(CQ) exists: choose another CLIPSELF_QUICKSTART_OUT" >&2; exit 1; fi
+	$(PY) tools/train_net.py --config-file configs/quickstart/baseline_maskclip_tiny.yaml OUTPUT_DIR $(CQ)/baseline
+	$(PY) tools/export_clip.py --config-file $(CQ)/baseline/config.yaml --weights $(CQ)/baseline/model_final.pth --output $(CQ)/baseline_clip.pt
+	$(PY) tools/train_net.py --config-file configs/quickstart/clipself_tiny_from_baseline.yaml MODEL.CLIP.PRETRAINED $(CQ)/baseline_clip.pt OUTPUT_DIR $(CQ)/clipself
+	$(PY) tools/export_clip.py --config-file $(CQ)/clipself/config.yaml --weights $(CQ)/clipself/model_final.pth --output $(CQ)/clipself_clip.pt
+	$(PY) tools/train_net.py --config-file configs/quickstart/clipself_tiny_from_baseline.yaml --eval-only MODEL.CLIP.PRETRAINED $(CQ)/clipself_clip.pt OUTPUT_DIR $(CQ)/clipself_export_eval
+	@if [ "$(CLIPSELF_CATSEG)" = 1 ]; then set -x; $(PY) tools/train_net.py --config-file configs/quickstart/catseg_tiny_clipself.yaml MODEL.CLIP.PRETRAINED $(CQ)/clipself_clip.pt OUTPUT_DIR $(CQ)/catseg; fi
+	@echo "CLIPSelf quickstart done: distilled open_clip checkpoint $(CQ)/clipself_clip.pt"
 
 test: setup
 	$(PY) -m pytest -q tests

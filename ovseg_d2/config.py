@@ -127,7 +127,7 @@ def add_ovseg_config(cfg: CN) -> CN:
     # ---- Captions (Talk2DINO's training data, retrieval evaluation, feature cache; evaluator_type "captions")
     _C.INPUT.CAPTION = CN()
     _C.INPUT.CAPTION.IMAGE_SIZE = 448  # caption images: short side resized to this (bicubic), then centre-cropped to this square
-    _C.INPUT.CAPTION.FEATURE_CACHE_DIR = ""  # folder written by tools/extract_features.py: caption sets feed its cached features instead of images ("": off)
+    _C.INPUT.CAPTION.FEATURE_CACHE_DIR = ""  # folder written by tools/extract_features.py: caption sets it holds feed their cached DINOv2/CLIP features instead of images (Talk2DINO trains ψ only; a stale cache is refused; "": off)
 
     # ---- Solver extras (detectron2's SOLVER keys are kept)
     _C.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | ADAM | SGD
@@ -141,6 +141,7 @@ def add_ovseg_config(cfg: CN) -> CN:
     # ---- Evaluation
     _C.TEST.EVAL_BEFORE_TRAIN = False  # evaluate once before the first iteration and print a before/after table
     _C.TEST.PRECISION = "float32"  # OpenVocabPredictor / tools/demo.py: float32 | bfloat16 (autocast, CPU or CUDA) | float16 (autocast, CUDA)
+    _C.TEST.SUITE = ""  # suite(s)/data sets, comma-separated, that tools/eval_all.py runs without --suite/--datasets and train_net.py --eval-only runs instead of DATASETS.TEST ("": off)
     _C.TEST.SAVE_PREDICTIONS = False  # write predicted label PNGs under OUTPUT_DIR/inference/<dataset>/
 
     # ---- Checkpointing

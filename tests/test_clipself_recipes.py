@@ -99,3 +99,78 @@ def test_catseg_trains_on_the_exported_vitb16_by_config(vitb_export, tmp_path):
     trainer.train()
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     assert len(losses) == 2 and all(0 < v < 10 for v in losses)
+
+
+# ---------------------------------------------------------------- quickstart chain (tiny CLIP)
+def test_quickstart_chain_baseline_to_clipself_to_catseg_and_baseline(tmp_path, shapes_root):
+    """configs/quickstart/clipself_tiny_from_baseline.yaml starts from a baseline export (teacher =
+    that CLIP), trains two iterations; its export drives configs/quickstart/catseg_tiny_clipself.yaml
+    and the baseline config by MODEL.CLIP.PRETRAINED, with the student's dense features."""
+    import copy
+
+    from ovseg_d2.modeling.backbone.clip_export import open_clip_state_dict
+    from ovseg_d2.modeling.meta_arch import CATSeg, MaskCLIPBaseline
+
+    torch.manual_seed(0)
+    baseline = MaskCLIPBaseline(quickstart_cfg("configs/quickstart/baseline_maskclip_tiny.yaml"))
+    with torch.no_grad():  # stands in for the baseline's training
+        for p in baseline.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    baseline_file = str(tmp_path / "baseline_clip.pt")
+    save_open_clip_checkpoint(open_clip_state_dict(baseline.backbone.clip), baseline_file)
+
+    cfg = quickstart_cfg("configs/quickstart/clipself_tiny_from_baseline.yaml", "MODEL.CLIP.PRETRAINED", baseline_file,
+                         "MODEL.CLIPSELF.STUDENT_SIZE", "64", "MODEL.CLIPSELF.MAX_REGIONS", "2", "SOLVER.IMS_PER_BATCH", "2",
+                         "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "1e-3", "DATALOADER.NUM_WORKERS", "0",
+                         "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "clipself"))
+    assert (cfg.MODEL.CLIPSELF.GRID_MAX_SPLITS, cfg.SOLVER.BASE_LR, cfg.MODEL.CLIP.MODEL_NAME) == (3, 1e-3, "ovseg-tiny-vit8")
+    assert quickstart_cfg("configs/quickstart/clipself_tiny_from_baseline.yaml").SOLVER.BASE_LR == 2e-5
+    trainer = OvsegTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    model = trainer.model
+    want_teacher = {k[len("visual."):]: v for k, v in torch.load(baseline_file, weights_only=True).items() if k.startswith("visual.")}
+    assert all(torch.equal(model.teacher.state_dict()[k], v) for k, v in want_teacher.items())
+    trainer.train()
+    export = tmp_path / "clipself" / "clip_export_final.pt"
+    assert export.is_file()
+    student_file = str(tmp_path / "student.pt")
+    save_open_clip_checkpoint(model.export_state_dict(1.0), student_file)
+    model.eval()
+    images = torch.randn(2, 3, 48, 64)
+    for config, arch, mode in (("configs/quickstart/catseg_tiny_clipself.yaml", CATSeg, "value_residual_cls"),
+                               ("configs/quickstart/baseline_maskclip_tiny.yaml", MaskCLIPBaseline, "value")):
+        other = arch(quickstart_cfg(config, "MODEL.CLIP.PRETRAINED", student_file)).eval()
+        student = copy.deepcopy(model.backbone).eval()
+        student.dense_last_block = mode  # the same weights, read out the way the other method reads them
+        with torch.no_grad():
+            torch.testing.assert_close(other.backbone(images)["dense"], student(images)["dense"], rtol=1e-5, atol=1e-5)
+    # the hook's ensembled file loads the same way
+    CATSeg(quickstart_cfg("configs/quickstart/catseg_tiny_clipself.yaml", "MODEL.CLIP.PRETRAINED", str(export)))
+
+
+def test_make_clipself_quickstart_chains_the_steps_into_a_fresh_folder():
+    """`make -n clipself-quickstart`: baseline -> export -> CLIPSelf on that export -> export -> eval
+    of the exported file, all under one new time-stamped folder (setup not re-run here)."""
+    import re
+    import shutil
+    import subprocess
+
+    from .conftest import REPO_ROOT
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", "-o", ".venv/.ovseg_d2_setup_stamp", "clipself-quickstart", "CLIPSELF_CATSEG=1"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    root = re.search(r"OUTPUT_DIR (output/quickstart/clipself_from_baseline/\d{8}-\d{6})/baseline", out).group(1)
+    steps = [line for line in out.splitlines() if "tools/" in line]
+    want = [
+        ("train_net.py", "baseline_maskclip_tiny.yaml", f"OUTPUT_DIR {root}/baseline"),
+        ("export_clip.py", f"{root}/baseline/config.yaml", f"--output {root}/baseline_clip.pt"),
+        ("train_net.py", "clipself_tiny_from_baseline.yaml", f"MODEL.CLIP.PRETRAINED {root}/baseline_clip.pt OUTPUT_DIR {root}/clipself"),
+        ("export_clip.py", f"{root}/clipself/model_final.pth", f"--output {root}/clipself_clip.pt"),
+        ("train_net.py", "--eval-only", f"MODEL.CLIP.PRETRAINED {root}/clipself_clip.pt"),
+        ("train_net.py", "catseg_tiny_clipself.yaml", f"MODEL.CLIP.PRETRAINED {root}/clipself_clip.pt OUTPUT_DIR {root}/catseg"),
+    ]
+    assert len(steps) == len(want)
+    for line, parts in zip(steps, want):
+        assert all(p in line for p in parts), (line, parts)

@@ -4,6 +4,7 @@
     python tools/eval_all.py --config-file CONFIG --suite trained MODEL.WEIGHTS model.pth
     python tools/eval_all.py --config-file CONFIG --suite training_free MODEL.WEIGHTS model.pth
     python tools/eval_all.py --config-file CONFIG --datasets ovseg_shapes_val_sem_seg,context_59_test_sem_seg MODEL.WEIGHTS model.pth
+    python tools/eval_all.py --config-file configs/talk2dino_vitb.yaml --eval-only MODEL.WEIGHTS psi.pth  # TEST.SUITE
 
 Suites (ovseg_d2/evaluation/suites.py): ``trained`` = A-847, PC-459, A-150, PC-59, PAS-20,
 PAS-20b; ``training_free`` = V20, C59, Stuff, City, ADE, V21, C60, Object (+ average). Each
@@ -11,7 +12,9 @@ data set is evaluated with its own class names through OvsegTrainer.test; a data
 not on disk is skipped with a line in the table instead of stopping the suite. The tables go
 to ``--output-dir`` (default OUTPUT_DIR/eval) under time-stamped names, so nothing is
 overwritten, with the evaluator's mIoU definition and each class-name file in the header.
-Multi-GPU: ``--num-gpus N`` as in train_net.py.
+Without ``--suite``/``--datasets`` the config's ``TEST.SUITE`` is evaluated (Talk2DINO's configs:
+``training_free``); ``tools/train_net.py --eval-only`` does the same for configs that set it.
+``--eval-only`` is accepted (and implied). Multi-GPU: ``--num-gpus N`` as in train_net.py.
 """
 import datetime
 import logging
@@ -47,11 +50,19 @@ def unavailable_reason(dataset: str):
 def main(args):
     cfg = setup_cfg(args)
     names = _split(args.suite) + _split(args.datasets)
+    if not names and cfg.TEST.SUITE:
+        names = _split(cfg.TEST.SUITE)
+        logger.info("evaluating TEST.SUITE of the config: %s", names)
     if not names:
-        raise SystemExit("name a suite (--suite trained|training_free) or data sets (--datasets NAME,NAME)")
+        raise SystemExit("name a suite (--suite trained|training_free), data sets (--datasets NAME,NAME) or set TEST.SUITE in the config")
     unknown_suites = [s for s in _split(args.suite) if s not in SUITES]
     if unknown_suites:
         raise SystemExit(f"unknown suite(s) {unknown_suites}; choose from {sorted(SUITES)}")
+    return evaluate(cfg, names, config_file=args.config_file, output_dir=args.output_dir)
+
+
+def evaluate(cfg, names, *, config_file: str, output_dir: str = ""):
+    """Evaluate ``cfg``'s model on the suites/data sets ``names`` and write the tables."""
     entries = resolve_entries(names)
     model = OvsegTrainer.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
@@ -74,17 +85,17 @@ def main(args):
         results.append(result)
 
     if comm.is_main_process():
-        write_report(cfg, args, names, results)
+        write_report(cfg, config_file, output_dir, names, results)
     return {r.entry.dataset: r.metrics for r in results}
 
 
-def write_report(cfg, args, names, results) -> None:
+def write_report(cfg, config_file, output_dir, names, results) -> None:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     label = "+".join(names) if len(names) <= 2 else f"{len(results)}sets"
-    output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR, "eval")
+    output_dir = output_dir or os.path.join(cfg.OUTPUT_DIR, "eval")
     os.makedirs(output_dir, exist_ok=True)
     header = [
-        f"config: `{args.config_file}`; weights: `{cfg.MODEL.WEIGHTS or '(none)'}`; date: {stamp}",
+        f"config: `{config_file}`; weights: `{cfg.MODEL.WEIGHTS or '(none)'}`; date: {stamp}",
         f"evaluator: ovseg_d2 OpenVocabSemSegEvaluator; {MIOU_DEFINITION}; values are mIoU (%)",
     ] + [f"class names of {r.entry.column}: `{r.class_names_file or 'metadata stuff_classes'}`" for r in results]
     with_average = any(n in SUITE_AVERAGES for n in names)

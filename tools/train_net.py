@@ -3,6 +3,11 @@
 
     python tools/train_net.py --config-file configs/quickstart/baseline_maskclip_tiny.yaml
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model.pth
+    python tools/train_net.py --config-file configs/talk2dino_vitb.yaml --eval-only MODEL.WEIGHTS psi.pth
+
+With --eval-only, a config that sets TEST.SUITE (Talk2DINO's: the eight training-free benchmarks)
+is evaluated on that suite through tools/eval_all.py (tables under OUTPUT_DIR/eval); otherwise on
+DATASETS.TEST.
     python tools/train_net.py --config-file CONFIG --num-gpus 8 [--resume]
 
 Multi-GPU and multi-machine runs come from detectron2's ``launch`` (torch.distributed).
@@ -31,8 +36,20 @@ def check_output_dir(cfg, args) -> None:
         )
 
 
+def evaluate_suite(cfg, args):
+    """--eval-only with TEST.SUITE (Talk2DINO's configs: the training-free suite): tools/eval_all.py's tables."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ovseg_eval_all", os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval_all.py"))
+    eval_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_all)
+    return eval_all.evaluate(cfg, eval_all._split(cfg.TEST.SUITE), config_file=args.config_file)
+
+
 def main(args):
     cfg = setup_cfg(args)
+    if args.eval_only and cfg.TEST.SUITE:
+        return evaluate_suite(cfg, args)
     if args.eval_only:
         model = OvsegTrainer.build_model(cfg)
         build_checkpointer(cfg, model, cfg.OUTPUT_DIR).resume_or_load(

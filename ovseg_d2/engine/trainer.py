@@ -12,7 +12,10 @@ What differs from ``DefaultTrainer``:
 * optional autocast (fp16 with loss scaling, or bf16) on any device (``ovseg_d2.engine.amp``);
 * atomic checkpoints loaded with ``weights_only=True`` (``ovseg_d2.checkpoint``);
 * per-data-set test vocabularies (each test set is evaluated with its own class names);
-* ``TEST.EVAL_BEFORE_TRAIN``: evaluate before the first iteration and print a before/after table.
+* ``TEST.EVAL_BEFORE_TRAIN``: evaluate before the first iteration and print a before/after table;
+* ``INPUT.CAPTION.FEATURE_CACHE_DIR`` (Talk2DINO): a cache written with other frozen weights than
+  the model's (after ``MODEL.WEIGHTS`` is loaded) is refused when training or evaluation starts
+  (``ovseg_d2.data.feature_cache.check_feature_cache``).
 Distributed training, ``--resume`` and ``--eval-only`` behave as in detectron2.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..checkpoint import build_checkpointer, build_periodic_checkpointer_hook
+from ..data.feature_cache import check_feature_cache
 from ..data.mappers import build_dataset_mapper
 from ..evaluation import OpenVocabSemSegEvaluator, RegionClassificationEvaluator, RetrievalEvaluator
 from ..modeling.vocabulary import class_names_of
@@ -181,6 +185,7 @@ class OvsegTrainer(DefaultTrainer):
         """Evaluate on every ``DATASETS.TEST`` set, each with its own class names."""
         results = OrderedDict()
         core = _unwrap(model)
+        check_feature_cache(cfg, core, cfg.DATASETS.TEST)
         previous = list(getattr(core, "test_class_names", []))
         previous_background = bool(getattr(core, "test_background_by_threshold", False))
         try:
@@ -204,6 +209,7 @@ class OvsegTrainer(DefaultTrainer):
         return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
 
     def train(self):
+        check_feature_cache(self.cfg, _unwrap(self.model), self.cfg.DATASETS.TRAIN)
         before: Optional[Mapping] = None
         if self.cfg.TEST.EVAL_BEFORE_TRAIN and self.start_iter == 0 and len(self.cfg.DATASETS.TEST):
             logger.info("TEST.EVAL_BEFORE_TRAIN: evaluating the untrained model")

@@ -18,7 +18,7 @@ With ``INPUT.CAPTION.FEATURE_CACHE_DIR`` (see ``ovseg_d2/data/feature_cache.py``
 read; instead::
 
     dino_head_embeddings: float32 (heads, D_v), the image's attention-weighted per-head embeddings
-    caption_text_feature: float32 (512,), raw CLIP ``encode_text`` of the caption
+    caption_text_feature: float32 (C,), raw CLIP ``encode_text`` of the caption (C = 512 for ViT-B/16)
 """
 from __future__ import annotations
 
@@ -79,14 +79,16 @@ class CaptionDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, dataset_names: Sequence[str] = (), is_train: bool = True) -> dict[str, Any]:
-        """Arguments from ``cfg.INPUT`` (ovseg_d2/config.py); the cache, when configured, is opened
-        for ``dataset_names`` (the sets this mapper will see)."""
-        feature_cache = None
-        if cfg.INPUT.CAPTION.FEATURE_CACHE_DIR:
-            from ..feature_cache import FeatureCacheReader
+        """Arguments from ``cfg.INPUT`` (ovseg_d2/config.py). With ``INPUT.CAPTION.FEATURE_CACHE_DIR``
+        the cache is opened for ``dataset_names`` (the sets this mapper will see): training sets
+        must be in it; test sets it does not hold are read from images (``open_feature_cache``)."""
+        from ..feature_cache import open_feature_cache
 
-            feature_cache = FeatureCacheReader(cfg.INPUT.CAPTION.FEATURE_CACHE_DIR, list(dataset_names), cfg=cfg)
-        return {"image_size": cfg.INPUT.CAPTION.IMAGE_SIZE, "image_format": cfg.INPUT.FORMAT, "feature_cache": feature_cache}
+        return {
+            "image_size": cfg.INPUT.CAPTION.IMAGE_SIZE,
+            "image_format": cfg.INPUT.FORMAT,
+            "feature_cache": open_feature_cache(cfg, list(dataset_names), is_train),
+        }
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
