@@ -291,7 +291,12 @@ class OpenCLIPBackbone(Backbone):
     # ------------------------------------------------------------------ text side
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text embeddings N x C (EOT token, ln_final, text_projection; not normalised)."""
-        return encode_text_trimmed(self.clip, tokens)  # = clip.encode_text, over the prompt tokens only
+        return self.clip.encode_text(tokens, normalize=False)
+
+    def encode_prompts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``encode_text`` over each prompt's own tokens (``encode_text_trimmed``): the same
+        features for a fraction of the work; used for class-name prompts (``build_prompt_text_encoder``)."""
+        return encode_text_trimmed(self.clip, tokens)
 
     def text_parameters(self) -> list[nn.Parameter]:
         """Every parameter that text embeddings depend on (for cache fingerprints)."""
