@@ -1,4 +1,4 @@
-# Entry points (see README): `make quickstart`, `make test` and `make clipself-quickstart`. All set up .venv first.
+# Entry points (see README): `make quickstart`, `make quicktour`, `make test` and `make clipself-quickstart`. All set up .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ovseg_d2_setup_stamp
@@ -6,7 +6,7 @@ SETUP_INPUTS := requirements.txt constraints.txt setup.py tools/setup_env.sh too
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup quickstart clipself-quickstart catseg-quickstart test clean-venv
+.PHONY: setup quickstart quicktour clipself-quickstart catseg-quickstart test clean-venv
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ QUICKSTART_OUT ?= output/quickstart/$(basename $(notdir $(QUICKSTART_CONFIG)))/$
 
 quickstart: setup
 	$(PY) tools/train_net.py --config-file $(QUICKSTART_CONFIG) OUTPUT_DIR $(QUICKSTART_OUT)
+
+# The quickstart model (the newest earlier run, else a fresh one) segments a built-in image with a
+# vocabulary via tools/demo.py; the picture goes to a new output/quicktour/<time>/ folder.
+quicktour: setup
+	$(PY) tools/quicktour.py
 
 # CLIPSelf from a trained tiny CLIP (README, CLIPSelf): train the baseline quickstart, export its
 # CLIP, distil it with CLIPSelf (region classification before/after), export the distilled CLIP,

@@ -18,6 +18,7 @@ from PIL import Image
 __all__ = ["class_colors", "draw_segmentation_overlay", "pixel_fractions"]
 
 BACKGROUND_RGB = (0.5, 0.5, 0.5)  # legend swatch of the threshold background (left unpainted)
+LEGEND_TEXT_RGB = (1.0, 1.0, 1.0)  # legend names and shares, on Visualizer's dark text box
 _LEGEND_PAD_FRACTION = 0.5  # padding around legend entries, in line heights
 _POINTS_TO_PIXELS = 100 / 72  # matplotlib text size (points) at Visualizer's 100 dpi
 
@@ -66,7 +67,8 @@ def draw_segmentation_overlay(
     height, width = _working_size(*labels.shape, min_size, max_size)
     if (height, width) != labels.shape:
         image_rgb = np.asarray(Image.fromarray(image_rgb).resize((width, height), Image.BILINEAR if height < labels.shape[0] else Image.NEAREST))
-        labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize((width, height), Image.NEAREST))
+        small = labels if labels.dtype in (np.uint8, np.uint16) else labels.astype(np.int32)  # no copy for 1-2 byte labels
+        labels = np.asarray(Image.fromarray(small).resize((width, height), Image.NEAREST))
     colors = class_colors(len(names))
     fractions = pixel_fractions(labels, len(names))
     present = [int(k) for k in np.argsort(-fractions, kind="stable") if fractions[k] > 0]
@@ -97,7 +99,9 @@ def draw_segmentation_overlay(
         color = BACKGROUND_RGB if k == background_index else colors[k]
         square = np.array([[x0, y], [x0 + swatch, y], [x0 + swatch, y + swatch], [x0, y + swatch]])
         legend.draw_polygon(square, color=color, edge_color=(0.0, 0.0, 0.0), alpha=1.0)
-        legend.draw_text(entries[i], (x0 + swatch + pad, y), font_size=font_points, color=color, horizontal_alignment="left")
+        # white text: Visualizer.draw_text brightens colours for its dark text box, which turns a
+        # grey class colour red; the swatch carries the class colour
+        legend.draw_text(entries[i], (x0 + swatch + pad, y), font_size=font_points, color=LEGEND_TEXT_RGB, horizontal_alignment="left")
     if len(entries) > len(shown):
         legend.draw_text(entries[-1], (x0, pad + len(shown) * line), font_size=font_points, color=(0.9, 0.9, 0.9), horizontal_alignment="left")
     return legend.get_output().get_image()

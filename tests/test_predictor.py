@@ -1,5 +1,7 @@
-"""OpenVocabPredictor on every meta-architecture (against the model's own forward on the same
-input), background by threshold, inputs, precision, batching, weights loading, bad input."""
+"""OpenVocabPredictor on every segmenting meta-architecture (baseline, CAT-Seg, Talk2DINO; tiny
+random models, against the model's own forward on the same input), background by threshold,
+inputs, precision, batching, weights loading, the persistent text-embedding cache seen from the
+predictor (text-encoder calls counted by patching), bad input."""
 import numpy as np
 import pytest
 import torch
@@ -13,12 +15,14 @@ from ovseg_d2.engine.predictor import upsample_argmax
 from ovseg_d2.modeling.meta_arch import CATSeg, MaskCLIPBaseline
 
 from .conftest import quickstart_cfg
+from .tiny_configs import CONFIGS
 
-CONFIGS = {
-    "MaskCLIPBaseline": "configs/quickstart/baseline_maskclip_tiny.yaml",
-    "CATSeg": "configs/quickstart/catseg_tiny.yaml",
-}
 NAMES = ["red circle", "green triangle; triangle", "sand background"]
+
+
+def tiny_cfg(meta_arch, *opts):
+    config, overrides = CONFIGS[meta_arch]
+    return quickstart_cfg(config, *overrides, *opts)
 
 
 def perturb(model, seed=0):
@@ -30,7 +34,7 @@ def perturb(model, seed=0):
 
 def make_predictor(meta_arch, *opts, seed=0, **kwargs):
     torch.manual_seed(seed)
-    predictor = OpenVocabPredictor(quickstart_cfg(CONFIGS[meta_arch], *opts), **kwargs)
+    predictor = OpenVocabPredictor(tiny_cfg(meta_arch, *opts), **kwargs)
     perturb(predictor.model, seed)
     return predictor
 
@@ -39,11 +43,12 @@ def random_image(h=150, w=203, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def own_forward(predictor, image_rgb, names, background=False):
+def own_forward(predictor, image_rgb, names, background=False, scores_at_input=True):
     """The model's forward on the input the predictor should build: detectron2's test resize."""
     cfg = predictor.cfg
     resized = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST).get_transform(image_rgb).apply_image(image_rgb)
-    x = {"image": torch.from_numpy(resized.copy()).permute(2, 0, 1), "height": image_rgb.shape[0], "width": image_rgb.shape[1],
+    size = image_rgb.shape[:2] if scores_at_input else resized.shape[:2]
+    x = {"image": torch.from_numpy(resized.copy()).permute(2, 0, 1), "height": size[0], "width": size[1],
          "vocabulary": (["background"] if background else []) + names, "background_by_threshold": background}
     with torch.no_grad():
         return predictor.model([x])[0]["sem_seg"]
@@ -53,7 +58,7 @@ def own_forward(predictor, image_rgb, names, background=False):
 def test_predictor_matches_the_models_own_forward(meta_arch, shapes_root):
     predictor = make_predictor(meta_arch)
     image = random_image()
-    result = predictor(image, NAMES)
+    result = predictor(image, NAMES, background=False)
     expected = own_forward(predictor, image, NAMES)
     assert result["sem_seg"].shape == (3, 150, 203)  # the input resolution, not the working one
     assert result["sem_seg"].dtype == torch.float32
@@ -61,15 +66,27 @@ def test_predictor_matches_the_models_own_forward(meta_arch, shapes_root):
     assert torch.equal(result["labels"], expected.argmax(dim=0))
     assert result["vocabulary"] == ["red circle", "green triangle", "sand background"]
     assert result["synonyms"] == [["red circle"], ["green triangle"], ["sand background"]]
-    assert "background" not in result  # neither method scores background by default
+    assert "background" not in result
     assert len(result["labels"].unique()) > 1  # a non-degenerate check
+
+
+@pytest.mark.parametrize("meta_arch", sorted(CONFIGS))
+def test_default_background_is_the_methods(meta_arch, shapes_root):
+    """Talk2DINO scores background by threshold by default (as its reference demo); the
+    baseline and CAT-Seg do not."""
+    predictor = make_predictor(meta_arch)
+    result = predictor(random_image(), NAMES)
+    by_threshold = meta_arch == "Talk2DINO"
+    assert predictor.background_by_default is by_threshold
+    assert ("background" in result) is by_threshold
+    assert result["vocabulary"] == (["background"] if by_threshold else []) + ["red circle", "green triangle", "sand background"]
 
 
 @pytest.mark.parametrize("meta_arch", sorted(CONFIGS))
 def test_background_by_threshold(meta_arch, shapes_root):
     predictor = make_predictor(meta_arch, "MODEL.BACKGROUND_THRESHOLD", "0.4")
     image = random_image()
-    plain = predictor(image, NAMES)["sem_seg"]
+    plain = predictor(image, NAMES, background=False)["sem_seg"]
     result = predictor(image, NAMES, background=True)
     assert result["vocabulary"][0] == "background" and result["sem_seg"].shape == (4, 150, 203)
     assert torch.all(result["sem_seg"][0] == 0.4)
@@ -90,29 +107,88 @@ def test_declared_background_property_is_the_default(shapes_root, monkeypatch):
     assert "background" not in predictor(random_image(), NAMES, background=False)
 
 
-def test_image_sources_and_bgr_format(tmp_path, shapes_root):
+@pytest.mark.parametrize("meta_arch", sorted(CONFIGS))
+def test_image_sources_and_bgr_format(meta_arch, tmp_path, shapes_root):
+    """Paths, PIL images and arrays give the same scores; an INPUT.FORMAT BGR model reads files
+    as BGR and takes BGR arrays (Talk2DINO's reference demo fed BGR where RGB was expected)."""
     image = random_image()
-    predictor = make_predictor("MaskCLIPBaseline")
+    predictor = make_predictor(meta_arch)
     from_array = predictor(image, NAMES)["sem_seg"]
     Image.fromarray(image).save(tmp_path / "x.png")
     torch.testing.assert_close(predictor(str(tmp_path / "x.png"), NAMES)["sem_seg"], from_array, rtol=0, atol=0)
     torch.testing.assert_close(predictor(tmp_path / "x.png", NAMES)["sem_seg"], from_array, rtol=0, atol=0)
     torch.testing.assert_close(predictor(Image.fromarray(image), NAMES)["sem_seg"], from_array, rtol=0, atol=0)
-    bgr = make_predictor("MaskCLIPBaseline", "INPUT.FORMAT", "BGR")
+    assert not torch.equal(predictor(image[..., ::-1].copy(), NAMES)["sem_seg"], from_array)  # channel order matters
+    bgr = make_predictor(meta_arch, "INPUT.FORMAT", "BGR")
     torch.testing.assert_close(bgr(image[..., ::-1].copy(), NAMES)["sem_seg"], from_array, rtol=0, atol=0)
     torch.testing.assert_close(bgr(str(tmp_path / "x.png"), NAMES)["sem_seg"], from_array, rtol=0, atol=0)
 
 
-def test_batched_prediction_equals_single_images(shapes_root):
-    predictor = make_predictor("CATSeg")
-    images = [random_image(seed=s, w=120 + 20 * s) for s in range(3)]
-    batched = predictor.predict_batch(images, NAMES, batch_size=2)
-    assert len(batched) == 3
+@pytest.mark.parametrize("meta_arch", sorted(CONFIGS))
+def test_batched_prediction_equals_single_images(meta_arch, shapes_root):
+    predictor = make_predictor(meta_arch)
+    # two sizes: images of one working size share a model call, the other size runs apart (the
+    # baseline pads a batch, and padding tokens would change the scores of the smaller image)
+    images = [random_image(seed=s, w=(120, 160, 120, 120)[s]) for s in range(4)]
+    calls = []
+    original_forward = predictor.model.forward
+    predictor.model.forward = lambda inputs: calls.append(len(inputs)) or original_forward(inputs)
+    batched = predictor.predict_batch(images, NAMES, batch_size=3)
+    assert calls == [2, 1, 1]  # [120, 160, 120] -> {120: 2, 160: 1}; then [120]
+    del predictor.model.forward
+    assert len(batched) == 4
     for image, result in zip(images, batched):
         single = predictor(image, NAMES)
         assert result["sem_seg"].shape[-2:] == image.shape[:2]
+        assert result["vocabulary"] == single["vocabulary"]
         torch.testing.assert_close(result["sem_seg"], single["sem_seg"], rtol=1e-5, atol=1e-5)
     assert predictor.model.text_encoder.encoder_calls == 1  # one vocabulary: encoded once
+
+
+def count_text_encoder_calls(predictor, monkeypatch) -> list:
+    """Patch the text tower's encode function of ``predictor``; returns the list of token batch
+    sizes it is called with (independent of the encoder's own ``encoder_calls``)."""
+    encoder = predictor.model.text_encoder
+    calls, original = [], encoder.encode_tokens
+
+    def counting(tokens):
+        calls.append(tokens.shape[0])
+        return original(tokens)
+
+    monkeypatch.setattr(encoder, "encode_tokens", counting)
+    return calls
+
+
+@pytest.mark.parametrize("meta_arch", sorted(CONFIGS))
+def test_second_predictor_run_skips_the_text_encoder(meta_arch, tmp_path, shapes_root, monkeypatch):
+    cache = ("MODEL.TEXT.EMBEDDING_CACHE_DIR", str(tmp_path / "text_cache"))
+    image = random_image()
+    first = make_predictor(meta_arch, *cache)
+    first_calls = count_text_encoder_calls(first, monkeypatch)
+    reference = first(image, NAMES)
+    assert len(first_calls) == 1  # all three names in one batch
+    templates = len(first.model.text_encoder.templates)
+    assert first_calls == [3 * templates]
+
+    second = make_predictor(meta_arch, *cache)  # a new instance, as in a second run of the demo
+    second_calls = count_text_encoder_calls(second, monkeypatch)
+    again = second(image, NAMES)
+    assert second_calls == []  # the text encoder is not called at all
+    torch.testing.assert_close(again["sem_seg"], reference["sem_seg"], rtol=0, atol=0)
+    second(image, NAMES[:2] + ["purple star"])  # shares two entries: only the new name is encoded
+    assert second_calls == [templates]
+
+    # New text-tower weights change the fingerprint: the entries are not reused, and the result
+    # equals that of a predictor with the same weights and no disk cache.
+    with torch.no_grad():
+        for p in second.model.text_encoder.parameters():
+            p.add_(0.05)
+    changed = second(image, NAMES)
+    assert second_calls == [templates, 3 * templates]
+    uncached = make_predictor(meta_arch, "MODEL.TEXT.EMBEDDING_CACHE_DIR", "")
+    uncached.model.load_state_dict(second.model.state_dict())
+    torch.testing.assert_close(changed["sem_seg"], uncached(image, NAMES)["sem_seg"], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(changed["sem_seg"], reference["sem_seg"])
 
 
 def test_weights_are_loaded_through_the_checkpointer(tmp_path, shapes_root):
@@ -120,7 +196,7 @@ def test_weights_are_loaded_through_the_checkpointer(tmp_path, shapes_root):
     path = tmp_path / "model.pth"
     torch.save({"model": trained.model.state_dict()}, path)
     torch.manual_seed(5)  # another random init, then the file
-    loaded = OpenVocabPredictor(quickstart_cfg(CONFIGS["CATSeg"], "MODEL.WEIGHTS", str(path)))
+    loaded = OpenVocabPredictor(tiny_cfg("CATSeg", "MODEL.WEIGHTS", str(path)))
     image = random_image()
     torch.testing.assert_close(loaded(image, NAMES)["sem_seg"], trained(image, NAMES)["sem_seg"], rtol=0, atol=0)
     assert not loaded.model.training

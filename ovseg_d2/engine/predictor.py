@@ -58,7 +58,7 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], *, max_elements
         ys = (torch.arange(start, stop, device=device, dtype=torch.float32) + 0.5) * (2.0 / out_h) - 1.0
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]  # 1 x band x W x (x, y)
         band = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        labels[start:stop] = band[0].argmax(dim=0)
+        labels[start:stop] = band[0].max(dim=0).indices  # as argmax (first maximum), about 2x faster on CPU
     return labels
 
 
@@ -100,8 +100,11 @@ class OpenVocabPredictor:
         if self.precision == "float16" and self.device.type != "cuda":
             raise ValueError(f"float16 inference needs CUDA (device is {self.device}); use bfloat16 or float32")
         self.model = build_model(self.cfg).eval()
-        if self.cfg.MODEL.WEIGHTS:
-            build_checkpointer(self.cfg, self.model).load(self.cfg.MODEL.WEIGHTS)
+        weights = self.cfg.MODEL.WEIGHTS
+        if weights:
+            if "://" not in weights and not os.path.isfile(weights):  # fvcore would only assert
+                raise FileNotFoundError(f"MODEL.WEIGHTS {weights}: no such file; give the path of a trained model (.pth) or '' for the config's own weights")
+            build_checkpointer(self.cfg, self.model).load(weights)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={self.input_format!r}: the predictor reads RGB or BGR images")
@@ -170,8 +173,10 @@ class OpenVocabPredictor:
         background: Optional[bool] = None,
         scores_at: str = "input",
     ) -> list[dict]:
-        """Predict many images with one vocabulary, ``batch_size`` images per model call (the
-        text embeddings are computed once). Returns one dict per image, in order."""
+        """Predict many images with one vocabulary, up to ``batch_size`` images per model call
+        (images of the same working size are batched together; the text embeddings are computed
+        once). Each result equals that of ``predictor(image, vocabulary)``. Returns one dict per
+        image, in order."""
         if scores_at not in ("input", "working"):
             raise ValueError(f"scores_at must be 'input' or 'working', got {scores_at!r}")
         if batch_size < 1:
@@ -190,9 +195,18 @@ class OpenVocabPredictor:
 
     def _predict_arrays(self, arrays, names, synonyms, use_background, scores_at) -> list[dict]:
         inputs = [self._model_input(a, names, use_background, scores_at) for a in arrays]
+        # Only images of the same working size share a model call: a meta-architecture that pads
+        # a batch to a common size (the baseline) would otherwise let padding tokens change the
+        # scores, and an image's result would depend on the other images of its batch.
+        by_size: dict[tuple, list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_size.setdefault(tuple(x["image"].shape), []).append(i)
+        outputs: list = [None] * len(inputs)
         dtype = PRECISIONS[self.precision]
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            outputs = self.model(inputs)
+            for indices in by_size.values():
+                for i, output in zip(indices, self.model([inputs[i] for i in indices])):
+                    outputs[i] = output
         results = []
         for array, output in zip(arrays, outputs):
             scores = output["sem_seg"].float()

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from detectron2.config import configurable
 
+from .clip_text_trim import encode_text_trimmed
 from .open_clip_loading import build_open_clip_model
 
 __all__ = ["CLIPTextTower"]
@@ -46,6 +47,11 @@ class CLIPTextTower(nn.Module):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids [N, L] -> raw text features [N, embed_dim] (not normalised)."""
         return self.clip.encode_text(tokens, normalize=False)
+
+    def encode_prompts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``encode_text`` over each prompt's own tokens (``encode_text_trimmed``): the same
+        features for a fraction of the work; used for class-name prompts (``build_prompt_text_encoder``)."""
+        return encode_text_trimmed(self.clip, tokens)
 
     def text_parameters(self) -> list[nn.Parameter]:
         """Every parameter text features depend on (for the text-embedding cache fingerprints)."""

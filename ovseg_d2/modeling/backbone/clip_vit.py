@@ -37,6 +37,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .clip_attention import TRAINABLE_CHOICES, select_tower_parameters, split_all_attention_
+from .clip_text_trim import encode_text_trimmed
 from .open_clip_loading import build_open_clip_model
 
 __all__ = ["OpenCLIPBackbone", "resize_clip_position_embedding", "DENSE_LAST_BLOCK_MODES"]
@@ -291,6 +292,11 @@ class OpenCLIPBackbone(Backbone):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text embeddings N x C (EOT token, ln_final, text_projection; not normalised)."""
         return self.clip.encode_text(tokens, normalize=False)
+
+    def encode_prompts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``encode_text`` over each prompt's own tokens (``encode_text_trimmed``): the same
+        features for a fraction of the work; used for class-name prompts (``build_prompt_text_encoder``)."""
+        return encode_text_trimmed(self.clip, tokens)
 
     def text_parameters(self) -> list[nn.Parameter]:
         """Every parameter that text embeddings depend on (for cache fingerprints)."""

@@ -11,11 +11,13 @@ __all__ = ["build_prompt_text_encoder"]
 
 
 def build_prompt_text_encoder(cfg, backbone) -> PromptTextEncoder:
-    """``PromptTextEncoder`` over ``backbone.encode_text`` with ``MODEL.TEXT`` templates/synonyms and
-    the persistent cache under ``MODEL.TEXT.EMBEDDING_CACHE_DIR`` (off when empty)."""
+    """``PromptTextEncoder`` over ``backbone.encode_prompts`` (``encode_text`` run over each
+    prompt's own tokens; ``encode_text`` for backbones without it) with ``MODEL.TEXT``
+    templates/synonyms and the persistent cache under ``MODEL.TEXT.EMBEDDING_CACHE_DIR`` (off
+    when empty)."""
     directory = resolve_cache_directory(cfg.MODEL.TEXT.EMBEDDING_CACHE_DIR)
     return PromptTextEncoder(
-        encode_tokens=backbone.encode_text,
+        encode_tokens=getattr(backbone, "encode_prompts", backbone.encode_text),
         tokenizer=open_clip.get_tokenizer(cfg.MODEL.CLIP.MODEL_NAME),
         templates=resolve_templates(cfg.MODEL.TEXT.TEMPLATE_SET, cfg.MODEL.TEXT.TEMPLATES),
         synonym_rule=cfg.MODEL.TEXT.SYNONYMS,
