@@ -43,3 +43,25 @@ def quickstart_cfg(config="configs/quickstart/baseline_maskclip_tiny.yaml", *opt
     cfg.merge_from_file(os.path.join(REPO_ROOT, config))
     cfg.merge_from_list(list(opts))
     return cfg
+
+
+def make_dry_run_steps(target, *variables, output_root_pattern):
+    """`make -n TARGET VAR=...` without re-running set-up: (the time-stamped output folder the
+    recipe chose, matched by ``output_root_pattern`` (one group), the lines that call tools/)."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", "-o", ".venv/.ovseg_d2_setup_stamp", target, *variables],
+                         cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    root = re.search(output_root_pattern, out).group(1)
+    return root, [line for line in out.splitlines() if "tools/" in line]
+
+
+def assert_steps(steps, want):
+    """Each dry-run line holds every fragment of its entry in ``want``, in order, and no more lines."""
+    assert len(steps) == len(want), steps
+    for line, parts in zip(steps, want):
+        assert all(part in line for part in parts), (line, parts)

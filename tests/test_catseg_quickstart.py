@@ -1,17 +1,13 @@
 """configs/quickstart/catseg_tiny_from_baseline.yaml and `make catseg-quickstart`: CAT-Seg
 fine-tunes the tiny CLIP exported from the baseline quickstart (loaded by value), the CLIP at a
 100x smaller learning rate, and evaluates through the sliding-window path."""
-import re
-import shutil
-import subprocess
-
 import pytest
 import torch
 
 from ovseg_d2.engine import OvsegTrainer
 from ovseg_d2.modeling.backbone.clip_export import open_clip_state_dict, save_open_clip_checkpoint
 
-from .conftest import REPO_ROOT, quickstart_cfg
+from .conftest import assert_steps, make_dry_run_steps, quickstart_cfg
 
 CONFIG = "configs/quickstart/catseg_tiny_from_baseline.yaml"
 
@@ -65,18 +61,12 @@ def test_from_baseline_loads_the_export_trains_with_a_small_clip_lr_and_evaluate
 
 
 def test_make_catseg_quickstart_chains_baseline_export_catseg_and_the_comparison():
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    out = subprocess.run(["make", "-n", "-o", ".venv/.ovseg_d2_setup_stamp", "catseg-quickstart"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    root = re.search(r"OUTPUT_DIR (output/quickstart/catseg_from_baseline/\d{8}-\d{6})/baseline", out).group(1)
-    steps = [line for line in out.splitlines() if "tools/" in line]
+    root, steps = make_dry_run_steps("catseg-quickstart",
+                                     output_root_pattern=r"OUTPUT_DIR (output/quickstart/catseg_from_baseline/\d{8}-\d{6})/baseline")
     want = [
         ("train_net.py", "baseline_maskclip_tiny.yaml", f"OUTPUT_DIR {root}/baseline"),
         ("export_clip.py", f"{root}/baseline/model_final.pth", f"--output {root}/baseline_clip.pt"),
         ("train_net.py", "catseg_tiny_from_baseline.yaml", f"MODEL.CLIP.PRETRAINED {root}/baseline_clip.pt OUTPUT_DIR {root}/catseg"),
         ("train_net.py", "baseline_maskclip_tiny.yaml", f"MODEL.CLIP.PRETRAINED {root}/baseline_clip.pt SOLVER.MAX_ITER 900 OUTPUT_DIR {root}/baseline_continued"),
     ]
-    assert len(steps) == len(want)
-    for line, parts in zip(steps, want):
-        assert all(part in line for part in parts), (line, parts)
+    assert_steps(steps, want)

@@ -151,18 +151,10 @@ def test_quickstart_chain_baseline_to_clipself_to_catseg_and_baseline(tmp_path, 
 def test_make_clipself_quickstart_chains_the_steps_into_a_fresh_folder():
     """`make -n clipself-quickstart`: baseline -> export -> CLIPSelf on that export -> export -> eval
     of the exported file, all under one new time-stamped folder (setup not re-run here)."""
-    import re
-    import shutil
-    import subprocess
+    from .conftest import assert_steps, make_dry_run_steps
 
-    from .conftest import REPO_ROOT
-
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    out = subprocess.run(["make", "-n", "-o", ".venv/.ovseg_d2_setup_stamp", "clipself-quickstart", "CLIPSELF_CATSEG=1"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    root = re.search(r"OUTPUT_DIR (output/quickstart/clipself_from_baseline/\d{8}-\d{6})/baseline", out).group(1)
-    steps = [line for line in out.splitlines() if "tools/" in line]
+    root, steps = make_dry_run_steps("clipself-quickstart", "CLIPSELF_CATSEG=1",
+                                     output_root_pattern=r"OUTPUT_DIR (output/quickstart/clipself_from_baseline/\d{8}-\d{6})/baseline")
     want = [
         ("train_net.py", "baseline_maskclip_tiny.yaml", f"OUTPUT_DIR {root}/baseline"),
         ("export_clip.py", f"{root}/baseline/config.yaml", f"--output {root}/baseline_clip.pt"),
@@ -171,6 +163,4 @@ def test_make_clipself_quickstart_chains_the_steps_into_a_fresh_folder():
         ("train_net.py", "--eval-only", f"MODEL.CLIP.PRETRAINED {root}/clipself_clip.pt"),
         ("train_net.py", "catseg_tiny_clipself.yaml", f"MODEL.CLIP.PRETRAINED {root}/clipself_clip.pt OUTPUT_DIR {root}/catseg"),
     ]
-    assert len(steps) == len(want)
-    for line, parts in zip(steps, want):
-        assert all(p in line for p in parts), (line, parts)
+    assert_steps(steps, want)
