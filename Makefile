@@ -49,19 +49,21 @@ clipself-quickstart: setup
 
 # CAT-Seg quickstart (README, CAT-Seg): train the baseline quickstart, export its tiny CLIP, then
 # from that same file train CAT-Seg (configs/quickstart/catseg_tiny_from_baseline.yaml, 900 it)
-# and, for the comparison on the same data and budget, the baseline for 900 more iterations.
+# and, for the comparison on the same data and budget, the baseline for as many more iterations
+# (CATSEG_QUICKSTART_ITERS, default 900).
 # Everything under one fresh time-stamped folder.
 ifndef CATSEG_QUICKSTART_OUT
 CATSEG_QUICKSTART_OUT := output/quickstart/catseg_from_baseline/$(shell date +%Y%m%d-%H%M%S)
 endif
 KQ := $(CATSEG_QUICKSTART_OUT)
+CATSEG_QUICKSTART_ITERS ?= 900
 
 catseg-quickstart: setup
 	@if [ -e $(KQ) ]; then echo "$(KQ) exists: choose another CATSEG_QUICKSTART_OUT" >&2; exit 1; fi
 	$(PY) tools/train_net.py --config-file configs/quickstart/baseline_maskclip_tiny.yaml OUTPUT_DIR $(KQ)/baseline
 	$(PY) tools/export_clip.py --config-file $(KQ)/baseline/config.yaml --weights $(KQ)/baseline/model_final.pth --output $(KQ)/baseline_clip.pt
-	$(PY) tools/train_net.py --config-file configs/quickstart/catseg_tiny_from_baseline.yaml MODEL.CLIP.PRETRAINED $(KQ)/baseline_clip.pt OUTPUT_DIR $(KQ)/catseg
-	$(PY) tools/train_net.py --config-file configs/quickstart/baseline_maskclip_tiny.yaml MODEL.CLIP.PRETRAINED $(KQ)/baseline_clip.pt SOLVER.MAX_ITER 900 OUTPUT_DIR $(KQ)/baseline_continued
+	$(PY) tools/train_net.py --config-file configs/quickstart/catseg_tiny_from_baseline.yaml MODEL.CLIP.PRETRAINED $(KQ)/baseline_clip.pt SOLVER.MAX_ITER $(CATSEG_QUICKSTART_ITERS) OUTPUT_DIR $(KQ)/catseg
+	$(PY) tools/train_net.py --config-file configs/quickstart/baseline_maskclip_tiny.yaml MODEL.CLIP.PRETRAINED $(KQ)/baseline_clip.pt SOLVER.MAX_ITER $(CATSEG_QUICKSTART_ITERS) OUTPUT_DIR $(KQ)/baseline_continued
 	@echo "CAT-Seg quickstart done: compare the mIoU tables of $(KQ)/catseg and $(KQ)/baseline_continued (logs: log.txt)"
 
 test: setup

@@ -61,12 +61,12 @@ def test_from_baseline_loads_the_export_trains_with_a_small_clip_lr_and_evaluate
 
 
 def test_make_catseg_quickstart_chains_baseline_export_catseg_and_the_comparison():
-    root, steps = make_dry_run_steps("catseg-quickstart",
+    root, steps = make_dry_run_steps("catseg-quickstart", "CATSEG_QUICKSTART_ITERS=1800",
                                      output_root_pattern=r"OUTPUT_DIR (output/quickstart/catseg_from_baseline/\d{8}-\d{6})/baseline")
     want = [
         ("train_net.py", "baseline_maskclip_tiny.yaml", f"OUTPUT_DIR {root}/baseline"),
         ("export_clip.py", f"{root}/baseline/model_final.pth", f"--output {root}/baseline_clip.pt"),
-        ("train_net.py", "catseg_tiny_from_baseline.yaml", f"MODEL.CLIP.PRETRAINED {root}/baseline_clip.pt OUTPUT_DIR {root}/catseg"),
-        ("train_net.py", "baseline_maskclip_tiny.yaml", f"MODEL.CLIP.PRETRAINED {root}/baseline_clip.pt SOLVER.MAX_ITER 900 OUTPUT_DIR {root}/baseline_continued"),
+        ("train_net.py", "catseg_tiny_from_baseline.yaml", f"MODEL.CLIP.PRETRAINED {root}/baseline_clip.pt SOLVER.MAX_ITER 1800 OUTPUT_DIR {root}/catseg"),
+        ("train_net.py", "baseline_maskclip_tiny.yaml", f"MODEL.CLIP.PRETRAINED {root}/baseline_clip.pt SOLVER.MAX_ITER 1800 OUTPUT_DIR {root}/baseline_continued"),
     ]
     assert_steps(steps, want)
