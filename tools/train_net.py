@@ -4,11 +4,11 @@
     python tools/train_net.py --config-file configs/quickstart/baseline_maskclip_tiny.yaml
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/to/model.pth
     python tools/train_net.py --config-file configs/talk2dino_vitb.yaml --eval-only MODEL.WEIGHTS psi.pth
+    python tools/train_net.py --config-file CONFIG --num-gpus 8 [--resume]
 
 With --eval-only, a config that sets TEST.SUITE (Talk2DINO's: the eight training-free benchmarks)
-is evaluated on that suite through tools/eval_all.py (tables under OUTPUT_DIR/eval); otherwise on
-DATASETS.TEST.
-    python tools/train_net.py --config-file CONFIG --num-gpus 8 [--resume]
+is evaluated on that suite as tools/eval_all.py does (``ovseg_d2.engine.suite_evaluation``, tables
+under OUTPUT_DIR/eval); otherwise on DATASETS.TEST.
 
 Multi-GPU and multi-machine runs come from detectron2's ``launch`` (torch.distributed).
 A fresh run refuses an OUTPUT_DIR that already holds checkpoints, so nothing is overwritten
@@ -24,6 +24,7 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
 from ovseg_d2.checkpoint import build_checkpointer  # noqa: E402
 from ovseg_d2.engine import OvsegTrainer, setup_cfg  # noqa: E402
+from ovseg_d2.engine.suite_evaluation import evaluate_suites, split_names  # noqa: E402
 
 
 def check_output_dir(cfg, args) -> None:
@@ -36,20 +37,10 @@ def check_output_dir(cfg, args) -> None:
         )
 
 
-def evaluate_suite(cfg, args):
-    """--eval-only with TEST.SUITE (Talk2DINO's configs: the training-free suite): tools/eval_all.py's tables."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ovseg_eval_all", os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval_all.py"))
-    eval_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eval_all)
-    return eval_all.evaluate(cfg, eval_all._split(cfg.TEST.SUITE), config_file=args.config_file)
-
-
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only and cfg.TEST.SUITE:
-        return evaluate_suite(cfg, args)
+        return evaluate_suites(cfg, split_names(cfg.TEST.SUITE), config_file=args.config_file)
     if args.eval_only:
         model = OvsegTrainer.build_model(cfg)
         build_checkpointer(cfg, model, cfg.OUTPUT_DIR).resume_or_load(
