@@ -427,6 +427,76 @@ def test_gradients_reach_every_parameter_below_budget_and_padding_is_unused_abov
         assert text.grad is not None and text.grad.abs().sum() > 0
 
 
+# ----------------------------------------------------------------------------- CPU chunking
+def _set_chunks(agg, maps, rows):
+    agg.cpu_chunk_maps = maps
+    for layer in agg.layers:
+        layer.swin_block.cpu_chunk_maps = maps
+        layer.attention.cpu_chunk_rows = rows
+
+
+def _count_calls(module_list, counter):
+    return [m.register_forward_hook(lambda *_: counter.append(1)) for m in module_list]
+
+
+@pytest.mark.parametrize("maps, rows", [(1, 1), (3, 3), (8, 2), (64, 16)])
+@pytest.mark.parametrize("T", [5, 20])
+def test_cpu_chunked_inference_equals_batched(maps, rows, T):
+    """Chunks (one image, ``maps`` class maps / ``rows`` grid rows at a time, sizes that do not
+    divide T or the 8-row grid included) give the batched result; gradients flow through them."""
+    agg = small_aggregator().eval()
+    img, text, dec = small_inputs(B=3, T=T)
+    text.requires_grad_(True)
+    _set_chunks(agg, 0, 0)
+    want = agg(img, text, dec)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), text)
+    _set_chunks(agg, maps, rows)
+    blocks = []
+    hooks = _count_calls([agg.layers[0].swin_block.block_1, agg.layers[0].attention.attention, agg.decoder1], blocks)
+    got = agg(img, text, dec)
+    for h in hooks:
+        h.remove()
+    (got_grad,) = torch.autograd.grad(got.square().sum(), text)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+    kept = min(T, SMALL["class_token_budget"])  # T = 20 is pruned to the 16-class budget first
+    map_chunks, row_chunks = math.ceil(kept / maps), math.ceil(8 / rows)
+    assert len(blocks) == 3 * (map_chunks + row_chunks + map_chunks)  # per image: swin, class, decoder
+
+
+def test_cpu_chunking_is_off_in_training_with_pooling_and_at_zero():
+    img, text, dec = small_inputs(B=2, T=9)
+    calls = []
+    agg = small_aggregator().train()
+    _count_calls([agg.layers[0].swin_block.block_1, agg.layers[0].attention.attention, agg.decoder1], calls)
+    with torch.no_grad():
+        agg(img, text, dec)
+    assert len(calls) == 3  # one batched call each
+    calls.clear()
+    agg.eval()
+    for layer in agg.layers:
+        layer.attention.test_pooling_size = (2, 2)  # pooled class attention needs the whole grid
+    with torch.no_grad():
+        agg(img, text, dec)
+    assert len(calls) == 2 * 2 + 1 + 2 * 2  # swin and decoder chunked (T=9, 8 maps), class attention whole
+    calls.clear()
+    _set_chunks(agg, 0, 0)
+    with torch.no_grad():
+        agg(img, text, dec)
+    assert len(calls) == 3
+
+
+def test_cpu_chunk_sizes_come_from_config():
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.MODEL.CATSEG.CPU_CHUNK_MAPS, cfg.MODEL.CATSEG.CPU_CHUNK_ROWS = 5, 3
+    from ovseg_d2.modeling.heads.catseg_head import build_catseg_aggregator
+
+    agg = build_catseg_aggregator(cfg, appearance_guidance_dim=512, text_guidance_dim=512)
+    assert agg.cpu_chunk_maps == 5
+    assert all(l.swin_block.cpu_chunk_maps == 5 and l.attention.cpu_chunk_rows == 3 for l in agg.layers)
+
+
 # ----------------------------------------------------------------------------- head
 def test_head_forward_from_feature_dict():
     torch.manual_seed(0)

@@ -17,6 +17,10 @@ models) and hidden dim 128:
 3. ``layers``: spatial Swin pair then class linear attention (see ``catseg_layers.py``).
 4. Decoder: ``decoder1``/``decoder2`` (ConvTranspose x2, concat projected decoder guidance,
    DoubleConv with GroupNorm), ``head`` Conv3x3 -> 1: B x T x 4h x 4w logits.
+
+CPU inference runs steps 3 and 4 chunk by chunk (``cpu_chunk_maps`` class maps, or
+``cpu_chunk_rows`` grid rows for the class attention, of one image at a time); the result is the
+same, see ``catseg_layers.py``.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .catseg_layers import AggregatorLayer
+from .catseg_layers import AggregatorLayer, chunked_on_cpu, image_chunks
 
 __all__ = ["CATSegAggregator", "DoubleConv", "UpBlock", "DECODER_CHANNELS_PER_GROUP"]
 
@@ -111,6 +115,8 @@ class CATSegAggregator(nn.Module):
         test_pooling_size: Sequence[int] = (1, 1),
         class_token_budget: int = 256,
         pruned_logit: float = -100.0,
+        cpu_chunk_maps: int = 8,
+        cpu_chunk_rows: int = 2,
     ):
         """
         Args:
@@ -128,6 +134,10 @@ class CATSegAggregator(nn.Module):
             class_token_budget: classes seen by the class attention (pad below, prune above);
                 0 disables both (and creates no padding parameters).
             pruned_logit: logit given to classes pruned by the budget.
+            cpu_chunk_maps: class maps of one image run through the spatial aggregation and the
+                decoder at a time in CPU inference (0: all at once).
+            cpu_chunk_rows: token-grid rows of one image run through the class aggregation at a
+                time in CPU inference without pooling (0: all at once).
         """
         super().__init__()
         if len(decoder_guidance_dims) != 2 or len(decoder_guidance_proj_dims) != 2 or len(decoder_dims) != 2:
@@ -138,6 +148,7 @@ class CATSegAggregator(nn.Module):
         self.class_token_budget = int(class_token_budget)
         self.pruned_logit = float(pruned_logit)
         self.prompt_channels = int(prompt_channels)
+        self.cpu_chunk_maps = int(cpu_chunk_maps)
 
         app_dim = appearance_guidance_proj_dim if appearance_guidance_dim > 0 else 0
         text_dim = text_guidance_proj_dim if text_guidance_dim > 0 else 0
@@ -153,6 +164,8 @@ class CATSegAggregator(nn.Module):
                 test_pooling_size=test_pooling_size,
                 pad_len=self.class_token_budget,
                 mlp_ratio=mlp_ratio,
+                cpu_chunk_maps=cpu_chunk_maps,
+                cpu_chunk_rows=cpu_chunk_rows,
             )
             for _ in range(num_layers)
         )
@@ -199,7 +212,17 @@ class CATSegAggregator(nn.Module):
         return kept.sort(dim=1).values
 
     def decode(self, x: torch.Tensor, decoder_guidance: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
-        """B x T x h x w x C aggregated cost -> B x T x 4h x 4w logits."""
+        """B x T x h x w x C aggregated cost -> B x T x 4h x 4w logits (chunked on CPU)."""
+        if not chunked_on_cpu(self, x, self.cpu_chunk_maps):
+            return self._decode(x, decoder_guidance)
+        B, T, h, w, _ = x.shape
+        out = x.new_empty(B, T, 4 * h, 4 * w)
+        for image, classes in image_chunks(B, T, self.cpu_chunk_maps):
+            guidance = [g[image] if g is not None else None for g in decoder_guidance]
+            out[image, classes] = self._decode(x[image, classes], guidance)
+        return out
+
+    def _decode(self, x: torch.Tensor, decoder_guidance: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
         B, T, h, w, C = x.shape
         x = x.permute(0, 1, 4, 2, 3).reshape(B * T, C, h, w)
         x = self.decoder1(x, decoder_guidance[0])

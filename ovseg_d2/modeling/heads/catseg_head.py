@@ -65,6 +65,8 @@ def build_catseg_aggregator(cfg, *, appearance_guidance_dim: int, text_guidance_
         test_pooling_size=tuple(c.TEST_POOLING_SIZES),
         class_token_budget=c.CLASS_TOKEN_BUDGET,
         pruned_logit=c.PRUNED_LOGIT,
+        cpu_chunk_maps=c.CPU_CHUNK_MAPS,
+        cpu_chunk_rows=c.CPU_CHUNK_ROWS,
     )
 
 

@@ -9,10 +9,17 @@ Where the reference concatenates a guidance tensor to the features before a line
 query/key, class-attention query/key, first decoder convolution), this code splits the weight and
 applies the guidance part once per image instead of once per image and class. The results are
 the same up to floating-point summation order.
+
+Chunked inference on CPU: out of training, on CPU tensors, the spatial aggregation runs on
+``cpu_chunk_maps`` class maps of one image at a time and the class aggregation (without pooling)
+on ``cpu_chunk_rows`` token-grid rows of one image at a time. Each chunk is independent of the
+others (Swin windows stay within a map, class attention within a position), so the output is the
+same; but the working set stays in cache and no multi-hundred-MiB temporaries are allocated,
+whose page faults dominated CPU inference at 150 classes (see README, CAT-Seg speed). 0 disables.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,6 +28,8 @@ from timm.layers import Mlp
 from timm.models.swin_transformer import window_partition
 
 __all__ = [
+    "image_chunks",
+    "chunked_on_cpu",
     "SHIFTED_WINDOW_MASK_VALUE",
     "LINEAR_ATTENTION_EPS",
     "shifted_window_mask",
@@ -62,6 +71,22 @@ def shifted_window_mask(
     windows = window_partition(region, (window_size, window_size)).reshape(-1, window_size * window_size)
     different = windows.unsqueeze(1) != windows.unsqueeze(2)
     return torch.zeros(different.shape).masked_fill(different, mask_value)
+
+
+def image_chunks(batch: int, length: int, chunk: int) -> Iterator[tuple[slice, slice]]:
+    """(image slice, slice along ``length``) pairs that cover ``batch x length`` one image and
+    ``chunk`` entries at a time (``chunk <= 0``: a whole image at a time)."""
+    step = chunk if chunk > 0 else max(length, 1)
+    for b in range(batch):
+        for start in range(0, length, step):
+            yield slice(b, b + 1), slice(start, start + step)
+
+
+def chunked_on_cpu(module: nn.Module, x: torch.Tensor, chunk: int) -> bool:
+    """Whether ``module`` should process ``x`` chunk by chunk: a positive chunk size, out of
+    training, on CPU. On CUDA the caching allocator already reuses memory and large kernels pay
+    off, so the batched path is kept there."""
+    return chunk > 0 and not module.training and x.device.type == "cpu"
 
 
 def _split_linear(
@@ -222,13 +247,23 @@ class GuidedSwinBlock(nn.Module):
 class SpatialAggregation(nn.Module):
     """Two guided Swin blocks (shift 0, then window // 2) applied to every class map.
 
-    Checkpoint names: ``block_1``, ``block_2``, ``guidance_norm``.
+    Checkpoint names: ``block_1``, ``block_2``, ``guidance_norm``. ``cpu_chunk_maps``: maps of
+    one image processed at a time in CPU inference (0: all at once); see the module docstring.
     """
 
     def __init__(
-        self, dim: int, guidance_dim: int, resolution: Sequence[int], *, num_heads: int, window_size: int, mlp_ratio: float = 4.0
+        self,
+        dim: int,
+        guidance_dim: int,
+        resolution: Sequence[int],
+        *,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        cpu_chunk_maps: int = 0,
     ):
         super().__init__()
+        self.cpu_chunk_maps = int(cpu_chunk_maps)
         common = dict(num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio)
         self.block_1 = GuidedSwinBlock(dim, guidance_dim, resolution, shift_size=0, **common)
         self.block_2 = GuidedSwinBlock(dim, guidance_dim, resolution, shift_size=window_size // 2, **common)
@@ -238,8 +273,13 @@ class SpatialAggregation(nn.Module):
         """x: B x T x H x W x C; guidance: B x H x W x Cg (projected appearance guidance) or None."""
         if guidance is not None and self.guidance_norm is not None:
             guidance = self.guidance_norm(guidance)
-        x = self.block_1(x, guidance)
-        return self.block_2(x, guidance)
+        if not chunked_on_cpu(self, x, self.cpu_chunk_maps):
+            return self.block_2(self.block_1(x, guidance), guidance)
+        out = torch.empty_like(x)
+        for image, classes in image_chunks(x.shape[0], x.shape[1], self.cpu_chunk_maps):
+            g = guidance[image] if guidance is not None else None
+            out[image, classes] = self.block_2(self.block_1(x[image, classes], g), g)
+        return out
 
 
 def _elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -326,6 +366,9 @@ class ClassAggregation(nn.Module):
     learned ``padding_tokens`` / ``padding_guidance`` (they enter the attention sums; their
     outputs are dropped). T >= pad_len: no padding (pruning to pad_len classes happens in the
     aggregator). ``pad_len = 0`` disables padding and creates no padding parameters.
+
+    ``cpu_chunk_rows``: without pooling, CPU inference runs on this many grid rows of one image at
+    a time (0: all at once); see the module docstring.
     """
 
     def __init__(
@@ -338,8 +381,10 @@ class ClassAggregation(nn.Module):
         test_pooling_size: Sequence[int] = (1, 1),
         pad_len: int = 256,
         mlp_ratio: float = 4.0,
+        cpu_chunk_rows: int = 0,
     ):
         super().__init__()
+        self.cpu_chunk_rows = int(cpu_chunk_rows)
         self.pooling_size = (int(pooling_size[0]), int(pooling_size[1]))
         self.test_pooling_size = (int(test_pooling_size[0]), int(test_pooling_size[1]))
         self.attention = ClassLinearAttention(dim, guidance_dim, num_heads)
@@ -362,6 +407,15 @@ class ClassAggregation(nn.Module):
         Returns:
             B x T x H x W x C.
         """
+        if self.current_pooling_size() == (1, 1) and chunked_on_cpu(self, x, self.cpu_chunk_rows):
+            out = torch.empty_like(x)
+            for image, rows in image_chunks(x.shape[0], x.shape[2], self.cpu_chunk_rows):
+                out[image, :, rows] = self._aggregate(x[image, :, rows], guidance[image] if guidance is not None else None)
+            return out
+        return self._aggregate(x, guidance)
+
+    def _aggregate(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        """``forward`` on the whole of ``x`` (B x T x H x W x C, guidance B x T x Cg)."""
         B, T, H, W, C = x.shape
         pool = self.current_pooling_size()
         pooled = pool != (1, 1)
@@ -409,10 +463,18 @@ class AggregatorLayer(nn.Module):
         test_pooling_size: Sequence[int],
         pad_len: int,
         mlp_ratio: float = 4.0,
+        cpu_chunk_maps: int = 0,
+        cpu_chunk_rows: int = 0,
     ):
         super().__init__()
         self.swin_block = SpatialAggregation(
-            hidden_dim, appearance_guidance_dim, resolution, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio
+            hidden_dim,
+            appearance_guidance_dim,
+            resolution,
+            num_heads=num_heads,
+            window_size=window_size,
+            mlp_ratio=mlp_ratio,
+            cpu_chunk_maps=cpu_chunk_maps,
         )
         self.attention = ClassAggregation(
             hidden_dim,
@@ -422,6 +484,7 @@ class AggregatorLayer(nn.Module):
             test_pooling_size=test_pooling_size,
             pad_len=pad_len,
             mlp_ratio=mlp_ratio,
+            cpu_chunk_rows=cpu_chunk_rows,
         )
 
     def forward(
