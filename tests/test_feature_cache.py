@@ -149,7 +149,9 @@ def test_cached_features_match_independent_computation(setup):
         tokens = model.text_encoder.tokenizer([d["caption"]])
         with torch.no_grad():
             expected_text = model.text_tower.clip.encode_text(tokens, normalize=False)[0]
-        torch.testing.assert_close(cached["caption_text_feature"], expected_text, rtol=1e-5, atol=1e-6)
+        # Batched extraction vs one caption alone: same math, other GEMM shapes, so float32
+        # summation order differs (up to ~1.5e-6 abs on AMD EPYC / AVX2 MKL).
+        torch.testing.assert_close(cached["caption_text_feature"], expected_text, rtol=1e-4, atol=1e-5)
         if d["image_id"] in seen:
             continue
         seen.add(d["image_id"])
@@ -206,7 +208,8 @@ def test_loss_from_cache_equals_loss_from_images(setup):
     assert torch.isfinite(loss_images) and loss_images.item() > 0
     torch.testing.assert_close(loss_cache, loss_images, rtol=1e-6, atol=1e-6)
     for a, b in zip(grad_cache, grad_images):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        # Features equal to float32 rounding give gradients equal to rounding relative to their scale.
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
     print(f"loss from images {loss_images.item():.9f}, from cache {loss_cache.item():.9f}, "
           f"difference {abs(loss_images.item() - loss_cache.item()):.3g}")
 
