@@ -98,7 +98,7 @@ def add_ovseg_config(cfg: CN) -> CN:
     _C.MODEL.CATSEG.WINDOW = 384  # sliding-window size (and the global view's size)
     _C.MODEL.CATSEG.WINDOW_STRIDE = 256  # sliding-window stride (the reference's int(384 * (1 - 0.333)))
     _C.MODEL.CATSEG.SIZE_DIVISIBILITY = 32  # whole-image path: pad the image to a multiple of this before squeezing it to the CLIP size
-    _C.MODEL.CATSEG.SCORE_CHUNK_CLASSES = 8  # classes upsampled/stitched at a time at evaluation (bounds memory at 847 classes; 8 keeps temporaries small: 1.7 -> 0.7 s at 150 classes on CPU)
+    _C.MODEL.CATSEG.SCORE_CHUNK_CLASSES = 8  # classes upsampled/stitched at a time at evaluation (bounds memory at 847 classes; 8 keeps the temporaries small)
     _C.MODEL.CATSEG.CPU_CHUNK_MAPS = 8  # CPU inference: class maps of one image per chunk through the spatial aggregation and decoder (0: all at once; same result)
     _C.MODEL.CATSEG.CPU_CHUNK_ROWS = 2  # CPU inference: token-grid rows of one image per chunk through the class aggregation (0: all at once; same result)
     _C.MODEL.CATSEG.MASK_IGNORE_IN_LOSS = True  # exclude ignore pixels from the BCE loss; False reproduces the reference (negatives everywhere)
