@@ -464,6 +464,33 @@ def test_cpu_chunked_inference_equals_batched(maps, rows, T):
     assert len(blocks) == 3 * (map_chunks + row_chunks + map_chunks)  # per image: swin, class, decoder
 
 
+def test_cpu_chunked_inference_keeps_the_autocast_dtype():
+    """Under CPU bf16 autocast the chunked path returns what the batched path returns (dtype and,
+    to bf16 precision, values) instead of casting chunks into a float32 buffer."""
+    agg = small_aggregator().eval()
+    img, text, dec = small_inputs(B=2, T=9)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _set_chunks(agg, 0, 0)
+        want = agg(img, text, dec)
+        _set_chunks(agg, 4, 3)
+        got = agg(img, text, dec)
+    assert want.dtype == torch.bfloat16
+    assert got.dtype == want.dtype
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
+    # a float32 input whose result is bf16 (the decoder's convolutions under autocast): the chunks
+    # are not cast back into a float32 buffer
+    x = torch.randn(2, 9, 8, 8, SMALL["hidden_dim"], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        projected = [proj(g) for proj, g in zip(agg.decoder_guidance_projection, dec)]
+        _set_chunks(agg, 0, 0)
+        want = agg.decode(x, projected)
+        _set_chunks(agg, 4, 3)
+        got = agg.decode(x, projected)
+    assert want.dtype == got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
+
+
 def test_cpu_chunking_is_off_in_training_with_pooling_and_at_zero():
     img, text, dec = small_inputs(B=2, T=9)
     calls = []

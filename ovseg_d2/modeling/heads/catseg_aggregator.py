@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .catseg_layers import AggregatorLayer, chunked_on_cpu, image_chunks
+from .catseg_layers import AggregatorLayer, chunked_on_cpu, map_in_chunks
 
 __all__ = ["CATSegAggregator", "DoubleConv", "UpBlock", "DECODER_CHANNELS_PER_GROUP"]
 
@@ -215,12 +215,12 @@ class CATSegAggregator(nn.Module):
         """B x T x h x w x C aggregated cost -> B x T x 4h x 4w logits (chunked on CPU)."""
         if not chunked_on_cpu(self, x, self.cpu_chunk_maps):
             return self._decode(x, decoder_guidance)
-        B, T, h, w, _ = x.shape
-        out = x.new_empty(B, T, 4 * h, 4 * w)
-        for image, classes in image_chunks(B, T, self.cpu_chunk_maps):
+
+        def decode_part(image: slice, classes: slice) -> torch.Tensor:
             guidance = [g[image] if g is not None else None for g in decoder_guidance]
-            out[image, classes] = self._decode(x[image, classes], guidance)
-        return out
+            return self._decode(x[image, classes], guidance)
+
+        return map_in_chunks(decode_part, x.shape[0], x.shape[1], self.cpu_chunk_maps)
 
     def _decode(self, x: torch.Tensor, decoder_guidance: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
         B, T, h, w, C = x.shape

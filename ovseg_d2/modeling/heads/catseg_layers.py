@@ -19,7 +19,7 @@ whose page faults dominated CPU inference at 150 classes (see README, CAT-Seg sp
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,7 @@ from timm.models.swin_transformer import window_partition
 
 __all__ = [
     "image_chunks",
+    "map_in_chunks",
     "chunked_on_cpu",
     "SHIFTED_WINDOW_MASK_VALUE",
     "LINEAR_ATTENTION_EPS",
@@ -80,6 +81,28 @@ def image_chunks(batch: int, length: int, chunk: int) -> Iterator[tuple[slice, s
     for b in range(batch):
         for start in range(0, length, step):
             yield slice(b, b + 1), slice(start, start + step)
+
+
+def map_in_chunks(
+    fn: Callable[[slice, slice], torch.Tensor], batch: int, length: int, chunk: int, dim: int = 1
+) -> torch.Tensor:
+    """Concatenation of ``fn(image, part)`` over ``image_chunks(batch, length, chunk)``.
+
+    Each result is one image (dim 0) and ``part`` along ``dim``; the output has ``batch`` and
+    ``length`` there. It takes the dtype of the results, so under autocast the chunked path
+    returns what the batched path would (bf16), rather than casting into a float32 buffer.
+    """
+    out = None
+    for image, part in image_chunks(batch, length, chunk):
+        result = fn(image, part)
+        if out is None:
+            shape = list(result.shape)
+            shape[0], shape[dim] = batch, length
+            out = result.new_empty(shape)
+        index = [slice(None)] * result.dim()
+        index[0], index[dim] = image, part
+        out[tuple(index)] = result
+    return out
 
 
 def chunked_on_cpu(module: nn.Module, x: torch.Tensor, chunk: int) -> bool:
@@ -275,11 +298,12 @@ class SpatialAggregation(nn.Module):
             guidance = self.guidance_norm(guidance)
         if not chunked_on_cpu(self, x, self.cpu_chunk_maps):
             return self.block_2(self.block_1(x, guidance), guidance)
-        out = torch.empty_like(x)
-        for image, classes in image_chunks(x.shape[0], x.shape[1], self.cpu_chunk_maps):
+
+        def blocks(image: slice, classes: slice) -> torch.Tensor:
             g = guidance[image] if guidance is not None else None
-            out[image, classes] = self.block_2(self.block_1(x[image, classes], g), g)
-        return out
+            return self.block_2(self.block_1(x[image, classes], g), g)
+
+        return map_in_chunks(blocks, x.shape[0], x.shape[1], self.cpu_chunk_maps)
 
 
 def _elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -408,10 +432,10 @@ class ClassAggregation(nn.Module):
             B x T x H x W x C.
         """
         if self.current_pooling_size() == (1, 1) and chunked_on_cpu(self, x, self.cpu_chunk_rows):
-            out = torch.empty_like(x)
-            for image, rows in image_chunks(x.shape[0], x.shape[2], self.cpu_chunk_rows):
-                out[image, :, rows] = self._aggregate(x[image, :, rows], guidance[image] if guidance is not None else None)
-            return out
+            return map_in_chunks(
+                lambda image, rows: self._aggregate(x[image, :, rows], guidance[image] if guidance is not None else None),
+                x.shape[0], x.shape[2], self.cpu_chunk_rows, dim=2,
+            )
         return self._aggregate(x, guidance)
 
     def _aggregate(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
